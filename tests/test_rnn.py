@@ -113,9 +113,10 @@ def test_masked_mean_averages_real_frames():
     ("spec", "kind", "params"),
     [
         (
-            ModelSpec(kind="rnn", input_dim=DIM, num_classes=CLASSES, cell="lstm", hidden=16, layers=3),
+            ModelSpec(kind="rnn", input_dim=DIM, num_classes=CLASSES, cell="lstm", hidden=16,
+                      layers=3),
             RNNClassifier,
-            # LSTM: 4 gates x (input weights + recurrent weights + 2 biases) per layer; then the head
+            # LSTM: 4 gates x (input + recurrent weights + 2 biases) per layer; then the head
             4 * 16 * (DIM + 16 + 2) + 2 * 4 * 16 * (16 + 16 + 2) + 16 * 5 + 5,
         ),
         (ModelSpec(kind="bag", input_dim=DIM, num_classes=CLASSES), BagOfFrames, DIM * 5 + 5),
