@@ -1,0 +1,304 @@
+"""Batches of clips from a FeatureSet: stride, trimming, seeded order, prefetch, GPU residency."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from datasets.cache import FeatureSet
+
+log = logging.getLogger(__name__)
+
+BUCKET_CHUNK_BATCHES = 50  # batches per chunk that is sorted by length when bucketing
+RESIDENT_MAX_FRACTION = 0.5  # of the free GPU memory; the rest is left to models and activations
+PREFETCH_DEPTH = 2  # batches ready ahead of the model
+_COPY_CHUNK_BYTES = 64 << 20  # memmap -> device copy granularity (bounds host memory)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch: padded features, real lengths and class ids, all on one device."""
+
+    features: torch.Tensor  # (batch, time, dim); zeros beyond each clip's length
+    lengths: torch.Tensor  # (batch,) int64, >= 1
+    labels: torch.Tensor  # (batch,) int64, class ids 1..num_classes
+
+
+def strided_lengths(lengths: np.ndarray, stride: int) -> np.ndarray:
+    """Return the frames left of each clip after taking frames[::stride], i.e. ceil(len/stride)."""
+    return (np.asarray(lengths, dtype=np.int64) + stride - 1) // stride
+
+
+def epoch_batches(
+    indices: np.ndarray,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    lengths: np.ndarray | None = None,
+    bucket: bool = False,
+) -> list[np.ndarray]:
+    """Return an epoch's batches as arrays of clip indices, ordered by a function of (seed, epoch).
+
+    Bucketing (shuffled only): shuffle, sort chunks of BUCKET_CHUNK_BATCHES batches by clip length,
+    cut them into batches, then shuffle the batch order. Batches hold clips of similar length (less
+    padding) while which clips meet and the batch order stay random.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    if not shuffle:
+        return _split(indices, batch_size)
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(indices)
+    if not bucket:
+        return _split(order, batch_size)
+    if lengths is None:
+        raise ValueError("bucketing needs the clip lengths")
+    chunk = BUCKET_CHUNK_BATCHES * batch_size
+    batches: list[np.ndarray] = []
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        batches += _split(part[np.argsort(lengths[part], kind="stable")], batch_size)
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _split(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def gather_rows(starts: torch.Tensor, steps: torch.Tensor, stride: int, time: int):
+    """Return (rows, mask), each (batch, time): row = starts[b] + t*stride, valid if t < steps[b].
+
+    Masked positions point at the clip's first row, so every gathered row exists.
+    """
+    t = torch.arange(time, device=starts.device)
+    mask = t[None, :] < steps[:, None]  # (batch, time)
+    rows = starts[:, None] + t[None, :] * stride  # (batch, time)
+    return torch.where(mask, rows, starts[:, None]), mask
+
+
+class _ResidentFrames:
+    """The loader's clips packed into one (rows, dim) fp16 device tensor, with local offsets."""
+
+    def __init__(self, data: FeatureSet, clips: np.ndarray, device: torch.device):
+        lengths = data.lengths[clips]
+        self.offsets = np.zeros(len(clips) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=self.offsets[1:])
+        self.local = np.full(len(data), -1, dtype=np.int64)  # global clip index -> local clip index
+        self.local[clips] = np.arange(len(clips))
+        dim = data.feature_dim
+        self.frames = torch.empty((int(self.offsets[-1]), dim), dtype=torch.float16, device=device)
+        chunk_rows = max(1, _COPY_CHUNK_BYTES // (2 * dim))
+        pos = 0
+        for start, stop in _row_runs(data.offsets, clips):
+            for a in range(start, stop, chunk_rows):
+                b = min(stop, a + chunk_rows)
+                # Copying out of the read-only memmap gives torch a writable array to wrap.
+                host = torch.from_numpy(np.array(data.frames[a:b], dtype=np.float16))
+                self.frames[pos : pos + b - a].copy_(host)
+                pos += b - a
+
+
+def _row_runs(offsets: np.ndarray, clips: np.ndarray) -> list[tuple[int, int]]:
+    """Return the frame-row ranges of sorted clips, neighbours merged into one range."""
+    runs: list[tuple[int, int]] = []
+    for c in clips:
+        start, stop = int(offsets[c]), int(offsets[c + 1])
+        if runs and runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], stop)
+        else:
+            runs.append((start, stop))
+    return runs
+
+
+# Train and validation loaders of one trial, and trials running as threads in one process
+# (--jobs), ask for the same clips: share one device copy per (data, device, clips) while any
+# loader holds it, instead of one copy each.
+_RESIDENT_LOCK = threading.Lock()
+_RESIDENT: weakref.WeakValueDictionary[tuple, _ResidentFrames] = weakref.WeakValueDictionary()
+
+
+def _resident_frames(data: FeatureSet, clips: np.ndarray, device: torch.device) -> _ResidentFrames:
+    # The fingerprint names the content (hash of the source files), so separately loaded
+    # FeatureSets of the same cache share one copy.
+    key = (data.fingerprint, data.frames.shape, str(device), hashlib.sha1(clips.tobytes()).digest())
+    with _RESIDENT_LOCK:
+        found = _RESIDENT.get(key)
+        if found is None:
+            found = _ResidentFrames(data, clips, device)
+            _RESIDENT[key] = found
+        return found
+
+
+def _fits_on_device(data: FeatureSet, clips: np.ndarray, device: torch.device) -> bool:
+    need = int(data.lengths[clips].sum()) * data.feature_dim * 2
+    free, _total = torch.cuda.mem_get_info(device)
+    return need <= RESIDENT_MAX_FRACTION * free
+
+
+class BatchLoader:
+    """Iterates a subset of a FeatureSet in batches, trimmed to each batch's longest clip.
+
+    Host mode copies each batch out of the memmap (pinned when the device is CUDA) on a background
+    thread while the model trains. Resident mode copies the subset to the device once and builds
+    batches by index gathering there; resident=None picks it for CUDA devices when it fits.
+    """
+
+    def __init__(
+        self,
+        data: FeatureSet,
+        indices: np.ndarray,
+        batch_size: int,
+        *,
+        stride: int = 1,
+        shuffle: bool = False,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        resident: bool | None = None,
+        prefetch: bool = True,
+        dtype: torch.dtype = torch.float32,
+        bucket: bool = False,
+    ):
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.ndim != 1 or len(indices) == 0:
+            raise ValueError(f"indices must be a non-empty 1-D array, got shape {indices.shape}")
+        if indices.min() < 0 or indices.max() >= len(data):
+            raise IndexError(
+                f"indices must lie in 0..{len(data) - 1} (the FeatureSet has {len(data)} clips), "
+                f"got {indices.min()}..{indices.max()}"
+            )
+        if batch_size < 1 or stride < 1:
+            raise ValueError(f"batch_size and stride must be >= 1, got {batch_size} and {stride}")
+        self.data = data
+        self.indices = indices
+        self.batch_size = int(batch_size)
+        self.stride = int(stride)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.device = torch.device(device)
+        self.prefetch = prefetch
+        self.dtype = dtype
+        self.bucket = bucket
+        self.num_examples = len(indices)
+        self._starts = np.ascontiguousarray(data.offsets[:-1])
+        self._lengths = data.lengths
+        self._steps = strided_lengths(self._lengths, self.stride)
+        self._pin = self.device.type == "cuda"
+        clips = np.unique(indices)
+        if resident is None:
+            resident = self.device.type == "cuda" and _fits_on_device(data, clips, self.device)
+        self._resident = _resident_frames(data, clips, self.device) if resident else None
+        log.debug(
+            "BatchLoader: %d clips, batch %d, stride %d, %s mode on %s",
+            self.num_examples, self.batch_size, self.stride,
+            "resident" if resident else "host", self.device,
+        )
+
+    @property
+    def resident(self) -> bool:
+        """Return True when the clips live on the device and batches are gathered there."""
+        return self._resident is not None
+
+    def __len__(self) -> int:
+        return -(-self.num_examples // self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        """Yield the batches of one epoch; the order is a function of (seed, epoch) only."""
+        batches = epoch_batches(
+            self.indices, self.batch_size, shuffle=self.shuffle, seed=self.seed, epoch=epoch,
+            lengths=self._lengths, bucket=self.bucket,
+        )
+        build = self._gather if self._resident is not None else self._copy_out
+        # The device gather is asynchronous already; a thread only helps the host copy.
+        if self.prefetch and self._resident is None:
+            return _prefetched(batches, build)
+        return map(build, batches)
+
+    def _copy_out(self, clips: np.ndarray) -> Batch:
+        """Copy a batch out of the memmap into a (pinned) host buffer, then to the device."""
+        steps = self._steps[clips]
+        time = int(steps.max())
+        buf = torch.empty((len(clips), time, self.data.feature_dim), dtype=torch.float16,
+                          pin_memory=self._pin)
+        out = buf.numpy()  # (batch, time, dim)
+        frames, stride = self.data.frames, self.stride
+        for row, (start, length, n) in enumerate(
+            zip(self._starts[clips], self._lengths[clips], steps, strict=True)
+        ):
+            out[row, :n] = frames[start : start + length : stride]
+            out[row, n:] = 0
+        return self._finish(buf, steps, clips)
+
+    def _gather(self, clips: np.ndarray) -> Batch:
+        """Gather a batch from the device-resident frames by index: row = offsets[b] + t*stride."""
+        res = self._resident
+        local = res.local[clips]
+        steps = self._steps[clips]
+        starts = torch.from_numpy(res.offsets[local]).to(self.device, non_blocking=True)
+        steps_t = torch.from_numpy(steps).to(self.device, non_blocking=True)
+        rows, mask = gather_rows(starts, steps_t, self.stride, int(steps.max()))
+        feats = res.frames[rows].masked_fill_(~mask[..., None], 0)  # (batch, time, dim)
+        return self._finish(feats, steps, clips)
+
+    def _finish(self, feats: torch.Tensor, steps: np.ndarray, clips: np.ndarray) -> Batch:
+        # fp16 travels to the device (half the bytes) and is widened there.
+        feats = feats.to(self.device, non_blocking=True).to(self.dtype)
+        lengths = torch.from_numpy(steps).to(self.device, non_blocking=True)
+        labels = torch.from_numpy(self.data.labels[clips]).to(self.device, non_blocking=True)
+        return Batch(features=feats, lengths=lengths, labels=labels)
+
+
+class _Failed:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+_DONE = object()
+
+
+def _prefetched(batches: list[np.ndarray], build: Callable[[np.ndarray], Batch]) -> Iterator[Batch]:
+    """Yield build(b) for each batch while a background thread prepares the next ones."""
+    ready: queue.Queue = queue.Queue(maxsize=PREFETCH_DEPTH)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for clips in batches:
+                if not put(build(clips)):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put(_Failed(exc))
+
+    # Started on the first next(): an epoch that is never iterated starts no thread, and one that
+    # is abandoned early (break, exception, garbage collection) stops it in `finally`.
+    thread = threading.Thread(target=work, name="batch-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        thread.join()
