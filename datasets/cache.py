@@ -1,10 +1,43 @@
-"""Decode TFRecord shards once into a memory-mapped fp16 feature cache, fingerprinted by source."""
+"""Decode TFRecord shards once into a memory-mapped fp16 feature cache, fingerprinted by source.
+
+Layout of one cache, cache_dir/<fingerprint>/:
+    frames.f16     raw little-endian float16, (total_frames, dim), clips back to back, no padding
+    meta.npz       offsets (n+1,) int64, labels (n,) int64, fps (n,) float32, filenames, texts
+    manifest.json  format version, shape, source files (path, size, mtime_ns), decode time
+
+A cache is built in a hidden temp folder next to it and published with one os.rename, so a
+reader sees a whole cache or none, and of two processes building at once one wins and the
+other discards its copy.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from datasets import records
+from datasets.errors import DataError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1  # bump when the layout above changes: old caches then stop matching
+FRAMES_FILE = "frames.f16"
+META_FILE = "meta.npz"
+MANIFEST_FILE = "manifest.json"
+_BUILD_PREFIX = ".build-"
+_FP16_FINITE_BELOW = 65520.0  # float32 values from here up round to inf in float16 (max 65504)
 
 
 @dataclass(frozen=True)
@@ -32,3 +65,217 @@ class FeatureSet:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def source_fingerprint(paths: Sequence[str]) -> str:
+    """Return a hash of the files' resolved paths, sizes and mtimes (in order) plus the format."""
+    sources = _describe_sources(paths)
+    payload = json.dumps({"format": FORMAT_VERSION, "sources": sources}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def _describe_sources(paths: Sequence[str]) -> list[dict]:
+    out = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError as err:
+            raise DataError(f"cannot read TFRecord file {p!r}: {err.strerror}") from None
+        out.append({"path": str(Path(p).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return out
+
+
+def load_features(pattern: str, cache_dir: str | Path = "data/cache") -> FeatureSet:
+    """Return the clips of the shards matching pattern, decoding them into the cache only once."""
+    paths = records.find_shards(pattern)
+    fingerprint = source_fingerprint(paths)
+    root = Path(cache_dir)
+    target = root / fingerprint
+    if target.is_dir():
+        try:
+            return _open_cache(target, fingerprint)
+        except _BrokenCache as err:
+            log.warning("feature cache %s is unreadable (%s); rebuilding it", target, err)
+            _discard(target)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"cannot create the feature cache folder {str(root)!r}: {err}") from None
+    _remove_dead_builds(root)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_BUILD_PREFIX}{os.getpid()}@{socket.gethostname()}@",
+                                dir=root))
+    try:
+        _build(paths, pattern, tmp, fingerprint)
+        if source_fingerprint(paths) != fingerprint:
+            raise DataError(
+                f"TFRecord files matching {pattern!r} changed while they were being decoded; "
+                "run again once they are complete"
+            )
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / MANIFEST_FILE).is_file():
+                raise
+            log.info("another process published feature cache %s first; using it", target)
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            _remove_outdated(root, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _open_cache(target, fingerprint)
+
+
+class _BrokenCache(Exception):
+    """A published cache folder that cannot be read (files deleted or damaged by hand)."""
+
+
+def _open_cache(folder: Path, fingerprint: str) -> FeatureSet:
+    """Memory-map a published cache."""
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+        total, dim = int(manifest["frames"]), int(manifest["dim"])
+        with np.load(folder / META_FILE, allow_pickle=False) as meta:
+            offsets = meta["offsets"]
+            labels = meta["labels"]
+            fps = meta["fps"]
+            filenames = tuple(meta["filenames"].tolist())
+            texts = tuple(meta["texts"].tolist())
+        size = (folder / FRAMES_FILE).stat().st_size
+        if size != total * dim * 2 or offsets[-1] != total or len(labels) != len(offsets) - 1:
+            raise ValueError(f"{FRAMES_FILE} holds {size} bytes, manifest says {total}x{dim}")
+        frames = np.memmap(folder / FRAMES_FILE, dtype=np.float16, mode="r", shape=(total, dim))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        raise _BrokenCache(f"{type(err).__name__}: {err}") from None
+    return FeatureSet(
+        frames=frames, offsets=offsets, labels=labels, filenames=filenames, texts=texts,
+        fps=float(fps[0]), fingerprint=fingerprint,
+    )
+
+
+def _build(paths: list[str], pattern: str, folder: Path, fingerprint: str) -> None:
+    """Decode every clip into folder, streaming frames to disk one clip at a time."""
+    log.warning(
+        "decoding %d TFRecord file(s) matching %r into the feature cache %s (once; later runs "
+        "memory-map it)", len(paths), pattern, folder.parent / fingerprint,
+    )
+    start = time.perf_counter()
+    offsets, labels, fps, filenames, texts = [0], [], [], [], []
+    dim: int | None = None
+    first = ""
+    frames_path = folder / FRAMES_FILE
+    try:
+        with open(frames_path, "wb") as out:
+            for path in paths:
+                # One file per call so errors below can name the file and record.
+                for record, clip in enumerate(records.read_clips([path])):
+                    where = f"{path}: record {record} (0-based, clip {clip.filename!r})"
+                    features = clip.features
+                    if dim is None:
+                        dim, first = features.shape[1], where
+                    elif features.shape[1] != dim:
+                        raise DataError(
+                            f"{where}: frames have {features.shape[1]} features but {first} has "
+                            f"{dim}; all clips need one feature size, re-extract or drop the shard"
+                        )
+                    out.write(_to_fp16(features, where).tobytes())
+                    offsets.append(offsets[-1] + len(features))
+                    labels.append(clip.label)
+                    fps.append(clip.fps)
+                    filenames.append(clip.filename)
+                    texts.append(clip.text)
+            out.flush()
+            os.fsync(out.fileno())
+        if len(set(fps)) > 1:
+            log.warning(
+                "clips matching %r were taken at different frame rates (%s); FeatureSet.fps "
+                "reports the first clip's", pattern, sorted(set(fps))[:5],
+            )
+        np.savez(
+            folder / META_FILE,
+            offsets=np.asarray(offsets, dtype=np.int64),
+            labels=np.asarray(labels, dtype=np.int64),
+            fps=np.asarray(fps, dtype=np.float32),
+            filenames=np.asarray(filenames, dtype=str),
+            texts=np.asarray(texts, dtype=str),
+        )
+        seconds = time.perf_counter() - start
+        manifest = {
+            "format": FORMAT_VERSION, "fingerprint": fingerprint, "clips": len(labels),
+            "frames": offsets[-1], "dim": dim, "dtype": "<f2", "pattern": pattern,
+            "sources": _describe_sources(paths), "decode_seconds": round(seconds, 3),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    except OSError as err:
+        raise DataError(
+            f"cannot write the feature cache in {str(folder.parent)!r}: {err}; free disk space "
+            "or point the cache somewhere else"
+        ) from None
+    mb = sum(os.path.getsize(p) for p in paths) / 1e6
+    log.info(
+        "decoded %d clips (%d frames x %d) from %.0f MB in %.1f s (%.0f MB/s)",
+        len(labels), offsets[-1], dim, mb, seconds, mb / max(seconds, 1e-9),
+    )
+
+
+def _to_fp16(features: np.ndarray, where: str) -> np.ndarray:
+    """Return features as float16; DataError when a value is not finite or beyond fp16's range."""
+    peak = float(np.abs(features).max())  # NaN propagates, and fails the test below
+    if not peak < _FP16_FINITE_BELOW:
+        what = f"values up to {peak:g}" if np.isfinite(peak) else "non-finite values (NaN or inf)"
+        raise DataError(
+            f"{where}: features hold {what}, beyond float16's range (max 65504) used by the "
+            "feature cache; fix the extraction or rescale the features"
+        )
+    return features.astype(np.float16)
+
+
+def _discard(folder: Path) -> None:
+    """Remove a cache folder: first rename it away, so no reader opens a half-deleted one."""
+    trash = folder.with_name(f"{_BUILD_PREFIX}trash-{os.getpid()}-{folder.name}")
+    try:
+        os.rename(folder, trash)
+    except OSError:
+        return  # another process moved it first
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _remove_dead_builds(root: Path) -> None:
+    """Remove temp folders left by builders on this host that died (killed, out of disk)."""
+    host = socket.gethostname()
+    for entry in root.glob(f"{_BUILD_PREFIX}*@*@*"):
+        pid_text, entry_host, _ = entry.name[len(_BUILD_PREFIX) :].split("@", 2)
+        if entry_host != host or not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        log.info("removing %s, left by a feature-cache build that did not finish", entry)
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_outdated(root: Path, fresh: Path) -> None:
+    """Remove caches built from the same files before they changed (they can never match again)."""
+    try:
+        paths = [s["path"] for s in json.loads((fresh / MANIFEST_FILE).read_text())["sources"]]
+    except (OSError, ValueError, KeyError):
+        return
+    for other in root.iterdir():
+        if other == fresh or other.name.startswith("."):
+            continue
+        try:
+            manifest = json.loads((other / MANIFEST_FILE).read_text())
+            old = [s["path"] for s in manifest["sources"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if old == paths:
+            log.info("removing outdated feature cache %s (its source files changed)", other)
+            _discard(other)
