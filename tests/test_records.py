@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import json
+import re
 import struct
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 from tfrecord import example_pb2
 
+from datasets.errors import DataError
 from datasets.records import (
     Clip,
     encode_clip,
@@ -21,6 +24,8 @@ from datasets.records import (
     write_clips,
 )
 from datasets.ucf101 import CLASS_NAMES, clip_filename
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def make_clips(n: int, dim: int = 16, seed: int = 0, max_len: int = 250) -> list[Clip]:
@@ -151,3 +156,298 @@ def test_gzip_shard_is_standard_gzip(tmp_path: Path):
         framed(encode_clip(clips[0]))
         == (tmp_path / "p").read_bytes()[: len(framed(encode_clip(clips[0])))]
     )
+
+
+# --------------------------------------------------------------- TensorFlow-written shards
+
+
+def test_reads_shards_written_by_tensorflow_exactly():
+    expected = json.loads((FIXTURES / "tf_expected.json").read_text())
+    for name, records in expected["files"].items():
+        clips = list(read_clips(str(FIXTURES / name)))
+        assert len(clips) == len(records)
+        for clip, want in zip(clips, records, strict=True):
+            assert (clip.filename, clip.text, clip.label, clip.fps) == (
+                want["filename"],
+                want["text"],
+                want["label"],
+                want["fps"],
+            )
+            assert clip.sequence_length == want["sequence_length"]
+            features = np.array(want["features"], dtype=np.float32)
+            assert np.array_equal(clip.features.view(np.uint32), features.view(np.uint32))
+    assert (FIXTURES / "tf_gzip.tfrecord").read_bytes()[:2] == b"\x1f\x8b"
+
+
+def test_fast_parser_agrees_with_protobuf_on_tensorflow_records():
+    for name in ("tf_plain.tfrecord", "tf_gzip.tfrecord"):
+        raw = (FIXTURES / name).read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        pos = 0
+        while pos < len(raw):
+            (length,) = struct.unpack("<Q", raw[pos : pos + 8])
+            record = raw[pos + 12 : pos + 12 + length]
+            assert_same([parse_record_with_protobuf(record)], [parse_record(record)])
+            pos += 16 + length
+
+
+# ------------------------------------------------------------------- corrupt input
+
+
+def record_offsets(data: bytes) -> list[int]:
+    """Byte offset of each record in an uncompressed shard."""
+    offsets, pos = [], 0
+    while pos < len(data):
+        offsets.append(pos)
+        pos += 16 + struct.unpack("<Q", data[pos : pos + 8])[0]
+    return offsets
+
+
+def error_at(path: Path, index: int) -> str:
+    return re.escape(f"{path}: record {index} (0-based")
+
+
+def write_records(path: Path, records: list[bytes]) -> Path:
+    path.write_bytes(b"".join(framed(r) for r in records))
+    return path
+
+
+def example_of(clip: Clip, pad_to: int | None = None) -> example_pb2.SequenceExample:
+    return example_pb2.SequenceExample.FromString(encode_clip(clip, pad_to=pad_to))
+
+
+def test_flipped_data_byte_is_a_crc_error_naming_file_and_record(tmp_path: Path):
+    path = tmp_path / "shard.tfrecord"
+    write_clips(path, make_clips(3))
+    data = bytearray(path.read_bytes())
+    data[record_offsets(bytes(data))[1] + 12 + 100] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=error_at(path, 1) + r".*bad CRC of the record data"):
+        list(read_clips(str(path)))
+
+
+def test_flipped_length_byte_is_a_length_crc_error(tmp_path: Path):
+    path = tmp_path / "shard.tfrecord"
+    write_clips(path, make_clips(3))
+    data = bytearray(path.read_bytes())
+    data[record_offsets(bytes(data))[2] + 1] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=error_at(path, 2) + r".*bad CRC of the record length"):
+        list(read_clips(str(path)))
+
+
+@pytest.mark.parametrize("cut", [5, 200])
+def test_file_cut_short_is_truncated_error(tmp_path: Path, cut: int):
+    path = tmp_path / "shard.tfrecord"
+    write_clips(path, make_clips(3))
+    data = path.read_bytes()
+    start = record_offsets(data)[2]
+    path.write_bytes(data[: start + cut])
+    with pytest.raises(DataError, match=error_at(path, 2) + r".*truncated"):
+        list(read_clips(str(path)))
+
+
+def test_truncated_gzip_shard_is_a_data_error(tmp_path: Path):
+    path = tmp_path / "shard.tfrecord"
+    write_clips(path, make_clips(4, seed=3), compress=True)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(
+        DataError, match=re.escape(str(path)) + r": record \d .*truncated or corrupt"
+    ):
+        list(read_clips(str(path)))
+
+
+def test_corrupt_gzip_bytes_are_a_data_error(tmp_path: Path):
+    path = tmp_path / "shard.tfrecord"
+    write_clips(path, make_clips(4, seed=3), compress=True)
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 64):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=re.escape(str(path)) + r": record \d"):
+        list(read_clips(str(path)))
+
+
+def test_empty_glob_is_a_data_error(tmp_path: Path):
+    with pytest.raises(DataError, match="no TFRecord files match"):
+        find_shards(str(tmp_path / "*.tfrecord"))
+    with pytest.raises(DataError, match="is a folder"):
+        list(read_clips(str(tmp_path)))
+
+
+def test_files_without_records_are_a_data_error(tmp_path: Path):
+    (tmp_path / "empty.tfrecord").write_bytes(b"")
+    with pytest.raises(DataError, match="hold no records"):
+        list(read_clips(str(tmp_path / "*")))
+
+
+def test_missing_file_in_explicit_list_is_a_data_error(tmp_path: Path):
+    with pytest.raises(DataError, match="cannot open TFRecord file"):
+        list(read_clips([str(tmp_path / "nope.tfrecord")]))
+
+
+@pytest.mark.parametrize(
+    ("part", "key", "message"),
+    [
+        ("context", "fps", "context has no 'fps'"),
+        ("context", "sequence_length", "context has no 'sequence_length'"),
+        ("context", "filename", "context has no 'filename'"),
+        ("lists", "labels", "feature_lists has no 'labels'"),
+        ("lists", "features", "feature_lists has no 'features'"),
+    ],
+)
+def test_missing_key_is_named(tmp_path: Path, part: str, key: str, message: str):
+    clips = make_clips(2)
+    example = example_of(clips[1])
+    if part == "context":
+        del example.context.feature[key]
+    else:
+        del example.feature_lists.feature_list[key]
+    path = write_records(tmp_path / "s", [encode_clip(clips[0]), example.SerializeToString()])
+    with pytest.raises(DataError, match=error_at(path, 1) + ".*" + re.escape(message)):
+        list(read_clips(str(path)))
+
+
+def test_sequence_length_beyond_stored_frames_is_an_error(tmp_path: Path):
+    clip = make_clips(1, max_len=40)[0]
+    example = example_of(clip)
+    example.context.feature["sequence_length"].int64_list.value[0] = clip.sequence_length + 1
+    path = write_records(tmp_path / "s", [example.SerializeToString()])
+    with pytest.raises(DataError, match=error_at(path, 0) + ".*sequence_length is"):
+        list(read_clips(str(path)))
+
+
+@pytest.mark.parametrize("bad", [0, 102, -1])
+def test_label_out_of_range_is_an_error(tmp_path: Path, bad: int):
+    example = example_of(make_clips(1)[0])
+    for frame in example.feature_lists.feature_list["labels"].feature:
+        frame.int64_list.value[0] = bad
+    path = write_records(tmp_path / "s", [example.SerializeToString()])
+    with pytest.raises(DataError, match=error_at(path, 0) + f".*label {bad} .*outside 1..101"):
+        list(read_clips(str(path)))
+
+
+def test_mixed_labels_within_real_frames_are_an_error(tmp_path: Path):
+    clip = make_clips(1, max_len=40)[0]
+    example = example_of(clip, pad_to=250)
+    example.feature_lists.feature_list["labels"].feature[3].int64_list.value[0] = (
+        clip.label % 101 + 1
+    )
+    path = write_records(tmp_path / "s", [example.SerializeToString()])
+    with pytest.raises(DataError, match=error_at(path, 0) + ".*mixes labels.*frame 3"):
+        list(read_clips(str(path)))
+
+
+def test_feature_size_differing_within_a_record_is_an_error(tmp_path: Path):
+    example = example_of(make_clips(1)[0])
+    del example.feature_lists.feature_list["features"].feature[4].float_list.value[-1]
+    path = write_records(tmp_path / "s", [example.SerializeToString()])
+    with pytest.raises(DataError, match=error_at(path, 0) + ".*frame 4 has 15 features"):
+        list(read_clips(str(path)))
+
+
+def test_feature_size_differing_between_records_and_files_is_an_error(tmp_path: Path):
+    write_clips(tmp_path / "a", make_clips(2, dim=16))
+    write_clips(tmp_path / "b", make_clips(1, dim=8))
+    with pytest.raises(DataError, match=error_at(tmp_path / "b", 0) + ".*8 features but .*16"):
+        list(read_clips(str(tmp_path / "*")))
+
+
+def test_features_of_wrong_type_are_an_error(tmp_path: Path):
+    example = example_of(make_clips(1)[0])
+    frame = example.feature_lists.feature_list["features"].feature[0]
+    frame.int64_list.value.extend([1, 2, 3])
+    path = write_records(tmp_path / "s", [example.SerializeToString()])
+    with pytest.raises(DataError, match=error_at(path, 0) + ".*frame 0 holds int64_list"):
+        list(read_clips(str(path)))
+
+
+def test_context_of_wrong_type_is_an_error(tmp_path: Path):
+    example = example_of(make_clips(1)[0])
+    example.context.feature["fps"].int64_list.value.append(25)
+    path = write_records(tmp_path / "s", [example.SerializeToString()])
+    with pytest.raises(DataError, match=error_at(path, 0) + ".*'fps' holds int64_list"):
+        list(read_clips(str(path)))
+
+
+def test_record_that_is_not_a_sequence_example_is_an_error(tmp_path: Path):
+    path = write_records(tmp_path / "s", [b"\xff\xff\xff not a protobuf"])
+    with pytest.raises(
+        DataError, match=error_at(path, 0) + ".*not a valid tf.train.SequenceExample"
+    ):
+        list(read_clips(str(path)))
+
+
+# ------------------------------------------------ valid but unusual encodings (fallback)
+
+
+def tag(field: int, wire: int) -> bytes:
+    return bytes([field << 3 | wire])
+
+
+def ld(field: int, payload: bytes) -> bytes:
+    """A length-delimited field (payloads here are < 128 bytes or use a 2-byte varint)."""
+    n = len(payload)
+    size = bytes([n]) if n < 128 else bytes([n & 0x7F | 0x80, n >> 7])
+    return tag(field, 2) + size + payload
+
+
+def unusual_record(values: np.ndarray, label: int) -> bytes:
+    """feature_lists before context, map value before key, unpacked floats and int64s."""
+    frames = b"".join(
+        ld(1, ld(2, b"".join(tag(1, 5) + struct.pack("<f", v) for v in row))) for row in values
+    )
+    labels = b"".join(ld(1, ld(3, tag(1, 0) + bytes([label]))) for _ in values)
+    lists = ld(1, ld(2, frames) + ld(1, b"features")) + ld(1, ld(1, b"labels") + ld(2, labels))
+    context = b"".join(
+        (
+            ld(1, ld(2, ld(3, tag(1, 0) + bytes([len(values)]))) + ld(1, b"sequence_length")),
+            ld(1, ld(1, b"filename") + ld(2, ld(1, ld(1, b"v_YoYo_g01_c01.avi")))),
+            ld(1, ld(1, b"text") + ld(2, ld(1, ld(1, b"YoYo")))),
+            ld(1, ld(1, b"fps") + ld(2, ld(2, tag(1, 5) + struct.pack("<f", 25.0)))),
+        )
+    )
+    return ld(2, lists) + ld(1, context)
+
+
+def test_unusual_but_valid_encoding_is_read_through_protobuf_fallback(tmp_path: Path):
+    values = np.arange(12, dtype=np.float32).reshape(3, 4) - 5.5
+    record = unusual_record(values, 101)
+    path = write_records(tmp_path / "s", [record])
+    (clip,) = read_clips(str(path))
+    assert (clip.filename, clip.text, clip.label, clip.fps) == (
+        "v_YoYo_g01_c01.avi",
+        "YoYo",
+        101,
+        25.0,
+    )
+    assert np.array_equal(clip.features, values)
+    assert_same([parse_record_with_protobuf(record)], [clip])
+
+
+def test_repeated_context_is_merged_like_protobuf():
+    clip = make_clips(1)[0]
+    record = encode_clip(clip)
+    # A second context message that overrides fps: protobuf merges it, last value wins.
+    extra = ld(1, ld(1, ld(1, b"fps") + ld(2, ld(2, ld(1, struct.pack("<f", 12.5))))))
+    merged = parse_record(record + extra)
+    assert merged.fps == 12.5
+    assert_same([parse_record_with_protobuf(record + extra)], [merged])
+
+
+def test_plain_shard_whose_length_starts_like_gzip_is_read_as_plain(tmp_path: Path):
+    clip = make_clips(1, dim=16, max_len=250)[0]
+    # Grow the text until the record is exactly 0x8b1f bytes: its first two bytes are 1f 8b.
+    base = len(encode_clip(clip))
+    clip = Clip(clip.filename, "x" * (0x8B1F - base), clip.fps, clip.label, clip.features)
+    size = len(encode_clip(clip))
+    clip = Clip(
+        clip.filename, "x" * (len(clip.text) - (size - 0x8B1F)), clip.fps, clip.label, clip.features
+    )
+    assert len(encode_clip(clip)) == 0x8B1F
+    path = tmp_path / "s.tfrecord"
+    write_clips(path, [clip])
+    assert path.read_bytes()[:2] == b"\x1f\x8b"
+    assert_same([clip], list(read_clips(str(path))))
