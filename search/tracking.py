@@ -180,6 +180,7 @@ class TrialRun:
         self._lock = threading.Lock()
         self._finished = self._run is None
         self._axis: dict[str, str] = {}  # metric -> its step metric, defined on first use
+        self._warned: set[tuple[str, str]] = set()
         if self._run is not None:
             logger.info("trial %d tracked in W&B run %s", trial_number, self.path)
 
@@ -205,16 +206,19 @@ class TrialRun:
                                sorted(metrics))
                 return
             for key in metrics:
+                if key in (STEP_METRIC, EPOCH_METRIC):  # an axis logged as a value, e.g. epoch
+                    continue
                 # Each metric gets its own x axis: W&B's global _step counts log calls and
                 # would interleave steps and epochs.
                 if key not in self._axis:
                     self._axis[key] = axis
                     self._run.define_metric(key, step_metric=axis)
-                elif self._axis[key] != axis:
-                    raise ValueError(
-                        f"metric {key!r} is already logged against {self._axis[key]!r}; "
-                        f"give the {axis!r} one another name"
-                    )
+                elif self._axis[key] != axis and (key, axis) not in self._warned:
+                    self._warned.add((key, axis))
+                    logger.warning(
+                        "metric %r is logged against both %r and %r; W&B plots it against %r. "
+                        "Give the %r one its own name", key, self._axis[key], axis,
+                        self._axis[key], axis)
             self._run.log({**metrics, axis: value})
 
     def finish(self, state: str, summary: Mapping[str, Any] | None = None) -> None:

@@ -139,14 +139,25 @@ def test_leaving_the_with_block_without_finish_marks_the_run_failed(tmp_path):
     assert got.exit_code == 1
 
 
-def test_unknown_state_and_metric_on_two_axes_are_rejected(tmp_path):
+def test_unknown_state_is_rejected(tmp_path):
     with TrialRun(_cfg(tmp_path), 6, {}) as run:
         with pytest.raises(ValueError, match="complete, pruned, failed"):
             run.finish("done", {})
-        run.log_step({"loss": 1.0}, 1)
-        with pytest.raises(ValueError, match="'loss'"):
-            run.log_epoch(1, {"loss": 1.0})
         run.finish("complete", {})
+
+
+def test_a_metric_logged_per_step_and_per_epoch_keeps_its_first_axis_and_warns(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="search.tracking")
+    with TrialRun(_cfg(tmp_path), 6, {}) as run:
+        run.log_step({"train/examples_per_s": 10.0, "epoch": 1}, 20)
+        run.log_epoch(1, {"train/examples_per_s": 12.0})
+        run.log_epoch(2, {"train/examples_per_s": 13.0})
+        run.finish("complete", {})
+    got = read_run(run.path)
+    assert [v for v, _ in got.column("train/examples_per_s")] == [10.0, 12.0, 13.0]
+    assert got.metrics["train/examples_per_s"] == "train/step"
+    assert "epoch" not in got.metrics  # the axis itself is never given an axis
+    assert caplog.text.count("logged against both") == 1
 
 
 def test_concurrent_trials_in_threads_keep_their_metrics_apart(tmp_path):
