@@ -1,0 +1,156 @@
+"""Score a model on a loader: loss, top-1, top-5, per-class accuracy, confusion matrix.
+
+Also a command: `python -m models.evaluate CHECKPOINT --part test` prints top-1/top-5 and
+the worst classes of a checkpoint written by `python -m models.train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from datasets.batches import BatchLoader
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A model's figures on one set of clips, over all num_classes + 1 outputs."""
+
+    loss: float  # mean cross entropy per clip
+    top1: float
+    top5: float
+    per_class: np.ndarray  # (num_classes + 1,) accuracy per class id, nan where no clips
+    confusion: np.ndarray  # (num_classes + 1, num_classes + 1) int64; row = true, col = predicted
+    examples: int
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: BatchLoader, device: str | torch.device = "cpu", *, amp: bool = False
+) -> Evaluation:
+    """Return the Evaluation of model on every clip of loader (amp: bf16 autocast on CUDA)."""
+    device = torch.device(device)
+    was_training = model.training
+    model.to(device).eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    top1 = torch.zeros((), dtype=torch.int64, device=device)
+    top5 = torch.zeros((), dtype=torch.int64, device=device)
+    confusion: torch.Tensor | None = None  # (k * k,) counts, flattened for bincount
+    examples = 0
+    try:
+        for batch in loader.epoch(0):
+            features = batch.features.to(device, non_blocking=True)  # (batch, time, dim)
+            lengths = batch.lengths.to(device, non_blocking=True)  # (batch,)
+            labels = batch.labels.to(device, non_blocking=True)  # (batch,)
+            with torch.autocast(device.type, dtype=torch.bfloat16,
+                                enabled=amp and device.type == "cuda"):
+                logits = model(features, lengths)  # (batch, k), k = num_classes + 1
+            logits = logits.float()
+            k = logits.shape[1]
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+            best = logits.topk(min(5, k), dim=1).indices  # (batch, 5)
+            hits = best == labels[:, None]  # (batch, 5)
+            top1 += hits[:, 0].sum()
+            top5 += hits.any(dim=1).sum()
+            counts = torch.bincount(labels * k + best[:, 0], minlength=k * k)
+            confusion = counts if confusion is None else confusion + counts
+            examples += labels.shape[0]
+    finally:
+        model.train(was_training)
+    if confusion is None:
+        raise ValueError("evaluate: the loader yields no clips")
+    matrix = confusion.view(k, k).cpu().numpy().astype(np.int64)
+    clips = matrix.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(clips > 0, np.diag(matrix) / clips, np.nan)
+    return Evaluation(
+        loss=loss_sum.item() / examples,
+        top1=top1.item() / examples,
+        top5=top5.item() / examples,
+        per_class=per_class,
+        confusion=matrix,
+        examples=examples,
+    )
+
+
+def worst_classes(ev: Evaluation, n: int) -> list[tuple[int, float, int, int]]:
+    """Return up to n (class id, accuracy, correct, clips) with the lowest accuracy, clips > 0."""
+    clips = ev.confusion.sum(axis=1)
+    ids = [c for c in np.argsort(ev.per_class, kind="stable") if clips[c] > 0][:n]
+    return [(int(c), float(ev.per_class[c]), int(ev.confusion[c, c]), int(clips[c])) for c in ids]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: evaluate a checkpoint on one part of the data; returns the exit status."""
+    from datasets.errors import DataError
+    from models.checkpoint import CheckpointError, load_checkpoint
+    from models.train import DEFAULT_DATA, open_parts, resolve_device
+
+    parser = argparse.ArgumentParser(
+        prog="python -m models.evaluate",
+        description="Print top-1/top-5 and the worst classes of a checkpoint on one part of the "
+        "data. Data, split and stride default to what the checkpoint was trained on.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("checkpoint", help="checkpoint file written by python -m models.train")
+    parser.add_argument("--data", default=None,
+                        help=f"TFRecord glob (default: the checkpoint's, else {DEFAULT_DATA})")
+    parser.add_argument("--part", choices=("test", "val", "train"), default="test",
+                        help="which part of the split to score")
+    parser.add_argument("--split", type=int, choices=(1, 2, 3), default=None,
+                        help="official split (default: the checkpoint's, else 1)")
+    parser.add_argument("--val-groups", type=int, default=None,
+                        help="training groups held out for validation (default: the checkpoint's, "
+                        "else 4)")
+    parser.add_argument("--stride", type=int, default=None,
+                        help="keep every n-th frame (default: the checkpoint's, else 1)")
+    parser.add_argument("--batch-size", type=int, default=256, help="clips per batch")
+    parser.add_argument("--device", default="auto",
+                        help="'auto' (cuda if available), 'cpu' or 'cuda'")
+    parser.add_argument("--cache-dir", default="data/cache", help="decoded-feature cache folder")
+    parser.add_argument("--worst", type=int, default=10, help="how many worst classes to list")
+    args = parser.parse_args(argv)
+
+    try:
+        model, spec, extra = load_checkpoint(args.checkpoint, device="cpu")
+        trained = extra.get("data", {}) if isinstance(extra.get("data"), dict) else {}
+        data, loaders = open_parts(
+            pattern=args.data or trained.get("pattern", DEFAULT_DATA),
+            cache_dir=args.cache_dir,
+            split=args.split or trained.get("split", 1),
+            val_groups=args.val_groups if args.val_groups is not None
+            else trained.get("val_groups", 4),
+            split_seed=trained.get("split_seed", 0),
+            stride=args.stride or trained.get("stride", 1),
+            batch_size=args.batch_size,
+            device=resolve_device(args.device),
+            parts=(args.part,),
+            input_dim=spec.input_dim,
+        )
+    except (DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    device = resolve_device(args.device)
+    ev = evaluate(model, loaders[args.part], device, amp=False)
+    names = dict(zip(data.labels.tolist(), data.texts, strict=True))
+    print(f"checkpoint: {args.checkpoint} ({spec.kind}"
+          + (f" {spec.cell} {spec.layers}x{spec.hidden}" if spec.kind == "rnn" else "") + ")")
+    print(f"{args.part}: {ev.examples} clips  top-1 {ev.top1:.4f}  top-5 {ev.top5:.4f}  "
+          f"loss {ev.loss:.4f}")
+    print(f"worst {args.worst} classes:")
+    for c, acc, hit, n in worst_classes(ev, args.worst):
+        print(f"  {c:4d} {names.get(c, '?'):<24} {acc:.3f} ({hit}/{n})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

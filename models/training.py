@@ -1,0 +1,323 @@
+"""The training loop: AdamW, global-norm clipping, bf16 autocast on CUDA, validation every epoch.
+
+One call to `train` is one trial's training run. It keeps the best epoch's weights (by
+validation top-1, ties to the lower validation loss), reports each epoch and every
+`log_every` steps through callbacks, and stops with TrainingDiverged the moment a loss or
+gradient norm is not finite, never stepping the optimizer on such gradients.
+
+Divergence checks without a GPU sync per step: each step's loss, gradient norm and hit
+count stay on the device and are read back together every `log_every` steps and at the end
+of the epoch (on the CPU every step, where reading is free). On CUDA a GradScaler with its
+scale fixed at 1 (bf16 needs no loss scaling) does the on-device part: it skips the
+optimizer step of any step whose gradients hold an inf or nan, so the weights stay clean
+until the batched check raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.evaluate import evaluate
+from models.rnn import frame_cross_entropy, masked_mean
+
+if TYPE_CHECKING:
+    from datasets.batches import BatchLoader
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train; defaults are the original's (Adam 1e-3, clip 1.0)."""
+
+    lr: float = 1e-3
+    clip_norm: float = 1.0  # max global gradient norm; <= 0 measures the norm but never clips
+    weight_decay: float = 0.0  # decoupled (AdamW), on weight matrices only, not biases
+    epochs: int = 10
+    seed: int = 0  # seeds dropout; seed model initialisation yourself before build_model
+    device: str = "cpu"
+    amp: bool = True  # bf16 autocast, on CUDA only
+    frame_level: bool = False  # loss on every real frame instead of the clip read-out
+    log_every: int = 20  # steps between on_step calls (and between divergence checks on CUDA)
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.epochs < 1 or self.log_every < 1:
+            raise ValueError(
+                f"TrainConfig.epochs and log_every must be >= 1, got {self.epochs}, "
+                f"{self.log_every}"
+            )
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """One epoch's figures; validation over the num_classes + 1 logits."""
+
+    epoch: int  # 1-based
+    train_loss: float
+    train_top1: float
+    val_loss: float
+    val_top1: float
+    val_top5: float
+    examples_per_s: float  # training examples per second (data loading included, validation not)
+    max_grad_norm: float  # largest pre-clip global gradient norm this epoch
+    seconds: float  # the whole epoch, validation included
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """Training figures over the last `log_every` steps (or fewer, after an epoch starts)."""
+
+    step: int  # global step, 1-based, counting across epochs
+    epoch: int
+    loss: float
+    top1: float
+    examples_per_s: float
+
+
+@dataclass
+class TrainResult:
+    """What a run produced; on return the model holds best_state's weights."""
+
+    epochs: list[EpochResult]
+    best_epoch: int
+    best_val_top1: float
+    best_state: dict  # state_dict of the best epoch, on CPU
+    examples_per_s: float  # all training examples over all training time
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss or gradient norm became nan or inf; .reason says where and what to change."""
+
+    def __init__(self, reason: str, epoch: int, step: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.epoch = epoch
+        self.step = step  # global step, as in StepResult
+
+    def __reduce__(self):  # keeps the fields when a process pool pickles the exception
+        return type(self), (self.reason, self.epoch, self.step)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One optimizer step's figures once read back from the device."""
+
+    step: int
+    epoch_step: int
+    loss: float
+    grad_norm: float
+    correct: float
+    size: int
+
+
+class _StepLog:
+    """Per-step figures held on the device, read back in one transfer (one GPU sync)."""
+
+    def __init__(self) -> None:
+        self._figures: list[Tensor] = []
+        self._meta: list[tuple[int, int, int]] = []
+
+    def add(self, step: int, epoch_step: int, loss: Tensor, norm: Tensor, correct: Tensor,
+            size: int) -> None:
+        self._figures.append(torch.stack([loss.detach().float(), norm.float(), correct.float()]))
+        self._meta.append((step, epoch_step, size))
+
+    def read(self) -> list[_Step]:
+        if not self._figures:
+            return []
+        rows = torch.stack(self._figures).tolist()  # (steps, 3); the one sync
+        steps = [_Step(s, e, loss, norm, hits, n)
+                 for (s, e, n), (loss, norm, hits) in zip(self._meta, rows, strict=True)]
+        self._figures, self._meta = [], []
+        return steps
+
+
+def _check_finite(steps: list[_Step], epoch: int) -> None:
+    """Raise TrainingDiverged at the first step whose loss or gradient norm is not finite."""
+    for s in steps:
+        for what, value in (("loss", s.loss), ("gradient norm", s.grad_norm)):
+            if value != value or value in (float("inf"), float("-inf")):
+                raise TrainingDiverged(
+                    f"{what} became {value} at epoch {epoch} step {s.epoch_step} "
+                    f"(global step {s.step}); lower the learning rate or the clip norm",
+                    epoch=epoch,
+                    step=s.step,
+                )
+
+
+def _optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with decoupled weight decay on weight matrices only (biases are not decayed)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    # fused: one kernel for the whole update, and it lets GradScaler skip steps without a sync
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=config.lr, fused=device.type == "cuda"
+    )
+
+
+@contextmanager
+def _deterministic_on_cpu(device: torch.device) -> Iterator[None]:
+    """Turn on deterministic algorithms for the run on CPU (free there), then restore."""
+    if device.type != "cpu":
+        yield
+        return
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def _forward_loss(model: nn.Module, features: Tensor, lengths: Tensor, labels: Tensor,
+                  frame_level: bool) -> tuple[Tensor, Tensor]:
+    """Return clip logits (batch, num_classes + 1) and the training loss."""
+    if frame_level:
+        frames = model.frame_logits(features, lengths)  # (batch, time, num_classes + 1)
+        return masked_mean(frames, lengths), frame_cross_entropy(frames, lengths, labels)
+    logits = model(features, lengths)  # (batch, num_classes + 1)
+    return logits, F.cross_entropy(logits.float(), labels)
+
+
+def train(
+    model: nn.Module,
+    train_loader: BatchLoader,
+    val_loader: BatchLoader,
+    config: TrainConfig,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+    on_step: Callable[[StepResult], None] | None = None,
+) -> TrainResult:
+    """Train model in place and return every epoch's figures and the best epoch's weights."""
+    if len(train_loader) == 0:
+        raise ValueError("train: the training loader yields no batches")
+    device = torch.device(config.device)
+    if config.frame_level != getattr(model, "frame_level", config.frame_level):
+        logger.warning(
+            "frame-level loss is %s but the model's read-out is %s; validation uses the read-out",
+            "on" if config.frame_level else "off",
+            "the mean of frames" if model.frame_level else "the last real frame",
+        )
+    torch.manual_seed(config.seed)  # dropout's random numbers
+    model.to(device)
+    optimizer = _optimizer(model, config, device)
+    on_cuda = device.type == "cuda"
+    # Scale fixed at 1: used only to skip steps with non-finite gradients without a sync.
+    scaler = (
+        torch.amp.GradScaler("cuda", init_scale=1.0, growth_interval=2**30) if on_cuda else None
+    )
+    use_amp = config.amp and on_cuda
+    check_every = config.log_every if on_cuda else 1
+    max_norm = config.clip_norm if config.clip_norm > 0 else float("inf")
+
+    history: list[EpochResult] = []
+    best: EpochResult | None = None
+    best_state: dict = {}
+    step = 0
+    total_examples, total_seconds = 0, 0.0
+    with _deterministic_on_cpu(device):
+        for epoch in range(1, config.epochs + 1):
+            model.train()
+            start = time.perf_counter()
+            log = _StepLog()
+            done: list[_Step] = []  # this epoch's steps, read back
+            window_start, window_from = start, 0  # on_step's window: since the last call
+            for epoch_step, batch in enumerate(train_loader.epoch(epoch), start=1):
+                step += 1
+                features = batch.features.to(device, non_blocking=True)  # (batch, time, dim)
+                lengths = batch.lengths.to(device, non_blocking=True)  # (batch,)
+                labels = batch.labels.to(device, non_blocking=True)  # (batch,)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    logits, loss = _forward_loss(model, features, lengths, labels,
+                                                 config.frame_level)
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    loss.backward()
+                norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)  # pre-clip norm
+                correct = (logits.argmax(dim=1) == labels).sum()
+                log.add(step, epoch_step, loss, norm, correct, labels.shape[0])
+                report = on_step is not None and step % config.log_every == 0
+                if report or epoch_step % check_every == 0:
+                    new = log.read()
+                    _check_finite(new, epoch)  # before the step: never step on garbage
+                    done += new
+                if scaler is not None:
+                    scaler.step(optimizer)  # skipped on device if any gradient is inf or nan
+                    scaler.update()
+                else:
+                    optimizer.step()
+                if report:
+                    now = time.perf_counter()
+                    window = done[window_from:]
+                    size = sum(s.size for s in window)
+                    on_step(StepResult(
+                        step=step,
+                        epoch=epoch,
+                        loss=sum(s.loss * s.size for s in window) / size,
+                        top1=sum(s.correct for s in window) / size,
+                        examples_per_s=size / (now - window_start),
+                    ))
+                    window_start, window_from = now, len(done)
+            new = log.read()
+            _check_finite(new, epoch)
+            done += new
+            train_seconds = time.perf_counter() - start
+            seen = sum(s.size for s in done)
+            val = evaluate(model, val_loader, device, amp=config.amp)
+            result = EpochResult(
+                epoch=epoch,
+                train_loss=sum(s.loss * s.size for s in done) / seen,
+                train_top1=sum(s.correct for s in done) / seen,
+                val_loss=val.loss,
+                val_top1=val.top1,
+                val_top5=val.top5,
+                examples_per_s=seen / train_seconds,
+                max_grad_norm=max(s.grad_norm for s in done),
+                seconds=time.perf_counter() - start,
+            )
+            history.append(result)
+            total_examples += seen
+            total_seconds += train_seconds
+            logger.info(
+                "epoch %d: train loss %.4f top-1 %.3f | val loss %.4f top-1 %.3f top-5 %.3f | "
+                "%.0f examples/s, max grad norm %.3g",
+                epoch, result.train_loss, result.train_top1, result.val_loss, result.val_top1,
+                result.val_top5, result.examples_per_s, result.max_grad_norm,
+            )
+            if best is None or (result.val_top1, -result.val_loss) > (
+                best.val_top1, -best.val_loss
+            ):
+                best = result
+                best_state = {k: v.detach().to("cpu", copy=True)
+                              for k, v in model.state_dict().items()}
+            if on_epoch is not None:
+                on_epoch(result)  # may raise (optuna.TrialPruned): it propagates
+
+    assert best is not None  # epochs >= 1
+    model.load_state_dict(best_state)
+    return TrainResult(
+        epochs=history,
+        best_epoch=best.epoch,
+        best_val_top1=best.val_top1,
+        best_state=best_state,
+        examples_per_s=total_examples / total_seconds,
+    )
