@@ -801,7 +801,10 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status (2 on errors a user can fix)."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a bad flag (2, one line already printed)
+        return int(exit_.code or 0)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     cfg = config_from_args(args)
     loud = (
