@@ -91,10 +91,12 @@ def test_a_finished_trials_files_go_to_the_study_named_after_it_and_download_int
     best = study.best_trial.number
     ids = attach_best_artifacts(study, best, [png, ckpt], store_dir)
 
-    metas = get_all_artifact_meta(study)
-    assert [m.filename for m in metas] == [f"trial{best}-confusion.png", f"trial{best}-best.pt"]
-    assert [m.artifact_id for m in metas] == ids
-    assert metas[0].mimetype == "image/png"
+    metas = {m.artifact_id: m for m in get_all_artifact_meta(study)}  # storage order is by key
+    assert {i: metas[i].filename for i in ids} == {
+        ids[0]: f"trial{best}-confusion.png",
+        ids[1]: f"trial{best}-best.pt",
+    }
+    assert metas[ids[0]].mimetype == "image/png"
     store = FileSystemArtifactStore(store_dir)
     for artifact_id, source in zip(ids, (png, ckpt), strict=True):
         out = tmp_path / f"down-{artifact_id}"
