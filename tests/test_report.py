@@ -163,3 +163,17 @@ def test_report_replaces_the_file_whole_and_leaves_no_temp_files(tmp_path):
     write_report(make_study(final=False), out)
     assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     assert [p.name for p in out.parent.iterdir()] == ["report.html"]
+
+
+def test_classes_without_test_clips_are_listed_apart_not_ranked(tmp_path):
+    study = make_study()
+    final = study.user_attrs["final"]
+    per_class = list(final["test"]["per_class"])
+    per_class[4] = float("nan")  # how numpy's nan arrives through Optuna's JSON attrs
+    study.set_user_attr("final", dict(final, test=dict(final["test"], per_class=per_class)))
+    page = _report(study, tmp_path)
+    table = page[page.index("Per-class test accuracy") :]
+    ranked_ids = re.findall(r"<tr><td>\d+</td><td>(\d+)</td>", table)
+    assert "4" not in ranked_ids and "0" not in ranked_ids
+    assert len(ranked_ids) == 100
+    assert f"No test clips for: 4 {CLASS_NAMES[4]}." in page
