@@ -214,7 +214,7 @@ def decode_video(
     frame's timestamp), so sources at 29.97 or 15 fps come out at `fps` with the right timing;
     a video shorter than `seconds` gives fewer frames. Frames are resized so the shorter side is
     `size` (aspect kept) and centre-cropped to size x size. Raises av.FFmpegError or DataError on
-    videos that cannot be decoded.
+    videos that cannot be decoded. threads: for decoding and scaling, 0 = FFmpeg's choice.
     """
     max_frames = round(seconds * fps)
     step = Fraction(fps).limit_denominator(1_000_000)
@@ -225,6 +225,8 @@ def decode_video(
         if not container.streams.video:
             raise DataError("no video stream")
         stream = container.streams.video[0]
+        if threads:
+            stream.codec_context.thread_count = threads
         crop: tuple[int, int, int, int] | None = None
         shown: av.VideoFrame | None = None  # the source frame on screen at the next output time
         shown_rgb: np.ndarray | None = None  # its crop, converted at most once

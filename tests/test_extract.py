@@ -362,3 +362,17 @@ def test_cli_prints_a_summary_and_the_skipped_video(videos: Path, tmp_path: Path
     assert "3 shards written, 0 already done (of 3); 4 clips, 95 frames" in proc.stdout
     assert "v_Archery_g03_c01.avi: InvalidDataError" in proc.stdout
     assert "RANDOM weights" in proc.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_features_point_the_same_way_as_cpu_features(videos, extracted, tmp_path):
+    out, _ = extracted
+    extract.extract(config(videos, tmp_path, device="cuda", workers=2, batch_size=64))
+    ref = {c.filename: c.features for c in read_clips(str(out / "*"))}
+    got = {c.filename: c.features for c in read_clips(str(tmp_path / "*"))}
+    assert got.keys() == ref.keys()
+    for name, features in ref.items():
+        a, b = got[name], features  # (frames, 512) each
+        cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        assert a.shape == b.shape and cosine.min() > 0.99, name
