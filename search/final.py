@@ -1,0 +1,102 @@
+"""The study's answer: the best configuration scored once on the test groups, and the baseline."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+
+from models.evaluate import Evaluation, evaluate
+from models.rnn import ModelSpec, build_model
+from models.training import TrainConfig, train
+from search.objective import TrialSettings, loaders, model_spec, train_config
+from search.space import suggest
+
+log = logging.getLogger(__name__)
+
+BASELINE_LR = 1e-2
+
+
+def best_params(study: optuna.Study, settings: TrialSettings) -> dict[str, Any]:
+    """Return every hyperparameter of the best trial, the fixed ones included."""
+    return suggest(optuna.trial.FixedTrial(study.best_trial.params), settings.definition)
+
+
+def score_best(study: optuna.Study, settings: TrialSettings, runs_dir: Path) -> dict[str, Any]:
+    """Score the best trial on the test part once (reloading its weights or retraining it)."""
+    best = study.best_trial
+    known = study.user_attrs.get("final")
+    if known and known.get("trial_number") == best.number:
+        return known
+    params = best_params(study, settings)
+    seed = best.user_attrs.get("manifest", {}).get("seed", 0)
+    loaded = settings.best.load(best.number)
+    if loaded is not None:
+        model, spec = loaded
+        how = "reloaded"
+    else:
+        # Another machine ran it: retrain; on the CPU the seed makes this the same model.
+        spec = model_spec(params, settings)
+        model = _retrain(spec, params, settings, seed)
+        settings.best.save(best.number, best.value, model, spec)
+        how = "retrained"
+    (test_loader,) = loaders(params, settings, seed, ("test",))
+    result = evaluate(model, test_loader, device=settings.device)
+    final = {
+        "trial_number": best.number,
+        "params": params,
+        "val_top1": best.value,
+        "test": _evaluation_dict(result),
+        "class_names": settings.data.class_names,
+        "checkpoint": str(settings.best.path),
+        "weights": how,
+    }
+    study.set_user_attr("final", final)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    (runs_dir / "final.json").write_text(json.dumps(final, indent=1))
+    return final
+
+
+def score_baseline(study: optuna.Study, settings: TrialSettings) -> dict[str, float]:
+    """Train the bag-of-frames baseline once per study; return its validation and test top-1."""
+    known = study.user_attrs.get("baseline")
+    if known:
+        return known
+    features = settings.data.features
+    spec = ModelSpec(kind="bag", input_dim=features.feature_dim,
+                     num_classes=settings.data.num_classes)
+    params = {"batch_size": 64, "stride": 1}
+    config = TrainConfig(lr=BASELINE_LR, clip_norm=10.0, epochs=settings.epochs,
+                         seed=settings.seed, device=settings.device)
+    model = build_model(spec)
+    train_loader, val_loader, test_loader = loaders(
+        params, settings, settings.seed, ("train", "val", "test"))
+    result = train(model, train_loader, val_loader, config)
+    model.load_state_dict(result.best_state)
+    test = evaluate(model, test_loader, device=settings.device)
+    baseline = {"bag_of_frames_val_top1": result.best_val_top1,
+                "bag_of_frames_test_top1": test.top1}
+    study.set_user_attr("baseline", baseline)
+    return baseline
+
+
+def _retrain(
+    spec: ModelSpec, params: dict[str, Any], settings: TrialSettings, seed: int
+) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = build_model(spec)
+    train_loader, val_loader = loaders(params, settings, seed, ("train", "val"))
+    result = train(model, train_loader, val_loader, train_config(params, settings, seed))
+    model.load_state_dict(result.best_state)
+    return model
+
+
+def _evaluation_dict(e: Evaluation) -> dict[str, Any]:
+    per_class = [None if np.isnan(v) else float(v) for v in e.per_class]
+    return {"loss": float(e.loss), "top1": float(e.top1), "top5": float(e.top5),
+            "per_class": per_class, "confusion": e.confusion.tolist(), "examples": e.examples}

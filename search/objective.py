@@ -1,0 +1,192 @@
+"""One trial: suggest, build, train with per-epoch reports and pruning, record what happened."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import torch
+
+from datasets.batches import BatchLoader
+from models.rnn import ModelSpec, build_model
+from models.training import EpochResult, StepResult, TrainConfig, TrainingDiverged, train
+from search.best_checkpoint import BestCheckpoint
+from search.definition import StudyDefinition
+from search.manifest import manifest, trial_seed
+from search.pruning import explain_prune
+from search.space import suggest
+from search.study_data import StudyData
+from search.tracking import TrackingConfig, TrialRun
+
+log = logging.getLogger(__name__)
+
+
+class TrialFailed(Exception):
+    """A trial that cannot finish (e.g. out of GPU memory); the study goes on."""
+
+
+class TrialInterrupted(Exception):
+    """The user pressed Ctrl-C while this trial ran."""
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What every trial of one run shares: the definition and the run's fixed choices."""
+
+    definition: StudyDefinition
+    data: StudyData
+    device: str
+    seed: int
+    epochs: int
+    prune: bool
+    tracking: TrackingConfig
+    best: BestCheckpoint
+
+
+def model_spec(params: dict[str, Any], settings: TrialSettings) -> ModelSpec:
+    """Return the network a trial's params describe."""
+    return ModelSpec(
+        kind="rnn",
+        input_dim=settings.data.features.feature_dim,
+        num_classes=settings.data.num_classes,
+        cell=params["cell"],
+        hidden=int(params["hidden"]),
+        layers=int(params["layers"]),
+        dropout=float(params.get("dropout", 0.0)),
+        frame_level=settings.definition.train.frame_level,
+    )
+
+
+def train_config(params: dict[str, Any], settings: TrialSettings, seed: int) -> TrainConfig:
+    """Return the training settings a trial's params describe."""
+    return TrainConfig(
+        lr=float(params["lr"]),
+        clip_norm=float(params["clip_norm"]),
+        weight_decay=float(params.get("weight_decay", 0.0)),
+        epochs=settings.epochs,
+        seed=seed,
+        device=settings.device,
+        frame_level=settings.definition.train.frame_level,
+    )
+
+
+def loaders(
+    params: dict[str, Any], settings: TrialSettings, seed: int, parts: tuple[str, ...]
+) -> list[BatchLoader]:
+    """Return one batch loader per split part; training shuffles, the others don't."""
+    data = settings.data
+    return [
+        BatchLoader(
+            data.features,
+            data.parts[part],
+            int(params.get("batch_size", 64)),
+            stride=int(params.get("stride", 1)),
+            shuffle=part == "train",
+            seed=seed,
+            device=settings.device,
+        )
+        for part in parts
+    ]
+
+
+def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Event) -> float:
+    """Train one configuration; return its best validation top-1 accuracy."""
+    started = time.perf_counter()
+    params = suggest(trial, settings.definition)
+    seed = trial_seed(settings.seed, trial.number)
+    spec = model_spec(params, settings)
+    torch.manual_seed(seed)
+    model = build_model(spec)
+    train_loader, val_loader = loaders(params, settings, seed, ("train", "val"))
+    fingerprint = settings.data.features.fingerprint
+    trial.set_user_attr("param_count", sum(p.numel() for p in model.parameters()))
+    trial.set_user_attr("manifest", manifest(seed, fingerprint, settings.device))
+    run_config = {
+        **params,
+        "epochs_budget": settings.epochs,
+        "data_fingerprint": fingerprint,
+        "data": settings.data.pattern,
+        "split": settings.definition.data.split,
+        "device": settings.device,
+        "seed": seed,
+        "study_seed": settings.seed,
+        "frame_level": settings.definition.train.frame_level,
+        "trial_number": trial.number,
+    }
+    with TrialRun(settings.tracking, trial.number, run_config) as run:
+        trial.set_user_attr("wandb_run", run.path)
+
+        def on_step(step: StepResult) -> None:
+            if stop.is_set():
+                raise TrialInterrupted(f"interrupted at epoch {step.epoch} step {step.step}")
+            run.log_step(
+                {"train/loss": step.loss, "train/top1": step.top1,
+                 "train/examples_per_s": step.examples_per_s, "epoch": step.epoch},
+                step=step.step,
+            )
+
+        best_so_far = float("-inf")
+
+        def on_epoch(result: EpochResult) -> None:
+            nonlocal best_so_far
+            best_so_far = max(best_so_far, result.val_top1)
+            trial.report(result.val_top1, result.epoch)
+            trial.set_user_attr("epochs_run", result.epoch)
+            run.log_epoch(result.epoch, _epoch_metrics(result))
+            if stop.is_set():
+                raise TrialInterrupted(f"interrupted after epoch {result.epoch}")
+            if settings.prune and trial.should_prune():
+                reason = explain_prune(trial, result.epoch, best_so_far)
+                trial.set_user_attr("prune_reason", reason)
+                run.finish("pruned", {"pruned_epoch": result.epoch, **_prefixed(reason)})
+                raise optuna.TrialPruned(reason["text"])
+
+        def finish_as(state: str, summary: dict[str, Any]) -> None:
+            trial.set_user_attr("wall_s", round(time.perf_counter() - started, 3))
+            run.finish(state, summary)
+
+        try:
+            result = train(model, train_loader, val_loader, train_config(params, settings, seed),
+                           on_epoch=on_epoch, on_step=on_step)
+        except TrainingDiverged as exc:
+            reason = {"epoch": exc.epoch, "text": exc.reason}
+            trial.set_user_attr("prune_reason", reason)
+            finish_as("pruned", {"pruned_epoch": exc.epoch, "prune/text": exc.reason})
+            raise optuna.TrialPruned(exc.reason) from None
+        except torch.cuda.OutOfMemoryError as exc:
+            reason = f"CUDA out of memory: {str(exc).splitlines()[0]}"
+            trial.set_user_attr("fail_reason", reason)
+            finish_as("failed", {"fail_reason": reason})
+            raise TrialFailed(reason) from None
+        except optuna.TrialPruned:
+            trial.set_user_attr("wall_s", round(time.perf_counter() - started, 3))
+            raise
+        trial.set_user_attr("examples_per_s", round(result.examples_per_s, 1))
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        model.load_state_dict(result.best_state)
+        settings.best.offer(trial.study, trial.number, result.best_val_top1, model, spec)
+        finish_as("complete", {"best_val_top1": result.best_val_top1,
+                               "best_epoch": result.best_epoch})
+    return result.best_val_top1
+
+
+def _epoch_metrics(r: EpochResult) -> dict[str, float]:
+    return {
+        "val/loss": r.val_loss,
+        "val/top1": r.val_top1,
+        "val/top5": r.val_top5,
+        "train/epoch_loss": r.train_loss,
+        "train/epoch_top1": r.train_top1,
+        "train/epoch_examples_per_s": r.examples_per_s,
+        "train/max_grad_norm": r.max_grad_norm,
+        "epoch_seconds": r.seconds,
+    }
+
+
+def _prefixed(reason: dict[str, Any]) -> dict[str, Any]:
+    return {f"prune/{k}": v for k, v in reason.items()}
+

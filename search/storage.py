@@ -1,0 +1,135 @@
+"""Where a study lives: SQLite, PostgreSQL (many workers) or Optuna's journal file."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.storages import (
+    JournalStorage,
+    RDBStorage,
+    RetryHeartbeatStaleTrialCallback,
+)
+from optuna.storages.journal import JournalFileBackend
+
+from search.errors import StudyError
+
+HEARTBEAT_INTERVAL_S = 10
+GRACE_PERIOD_S = 30
+# A trial whose worker died is retried with the same params at most this often.
+MAX_RETRY = 2
+SQLITE_BUSY_TIMEOUT_S = 60
+
+
+def default_storage_url(study_name: str, studies_dir: str | Path = "studies") -> str:
+    """Return the SQLite URL used when no --storage is given."""
+    return f"sqlite:///{Path(studies_dir) / study_name}.db"
+
+
+def journal_path(url: str) -> Path | None:
+    """Return the journal file of a journal storage URL, else None."""
+    if url.startswith("journal:///"):
+        return Path(url[len("journal:///") :])
+    if url.endswith((".log", ".jsonl")) and "://" not in url:
+        return Path(url)
+    return None
+
+
+def open_storage(
+    url: str,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
+    grace_period: int = GRACE_PERIOD_S,
+) -> optuna.storages.BaseStorage:
+    """Return a connected storage; StudyError when the URL is wrong or unreachable."""
+    journal = journal_path(url)
+    if journal is not None:
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(journal)))
+    if not url.startswith(("sqlite:", "postgresql:", "postgresql+", "mysql:", "mysql+")):
+        raise StudyError(
+            f"storage {url!r} is not a database URL; use sqlite:///path.db, "
+            "postgresql://user@host/db or journal:///path.log"
+        )
+    engine_kwargs: dict = {}
+    if url.startswith("sqlite:"):
+        _sqlite_parent(url).mkdir(parents=True, exist_ok=True)
+        # Several workers and a dashboard share one file: wait for the lock instead of failing.
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+    else:
+        # Many workers on one server: a small pool each, and drop connections the server closed.
+        engine_kwargs.update(pool_size=2, max_overflow=4, pool_pre_ping=True, pool_recycle=1800)
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    try:
+        storage = RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+        )
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StudyError(f"cannot open storage {_redact(url)}: {reason}") from None
+    if url.startswith("sqlite:"):
+        # WAL lets the dashboard read while workers write, without "database is locked".
+        with storage.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+    return storage
+
+
+@contextlib.contextmanager
+def budget_lock(url: str, study_name: str) -> Iterator[None]:
+    """Hold a lock shared by every worker of this study while it counts and asks for a trial."""
+    with _THREAD_LOCK:
+        if url.startswith("postgresql"):
+            with _pg_advisory_lock(url, study_name):
+                yield
+            return
+        lock_file = journal_path(url) or (_sqlite_file(url) if url.startswith("sqlite:") else None)
+        if lock_file is None:
+            yield
+            return
+        with open(f"{lock_file}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_THREAD_LOCK = threading.Lock()
+_PG_ENGINES: dict[str, sqlalchemy.Engine] = {}
+
+
+@contextlib.contextmanager
+def _pg_advisory_lock(url: str, study_name: str) -> Iterator[None]:
+    engine = _PG_ENGINES.get(url)
+    if engine is None:
+        engine = _PG_ENGINES[url] = sqlalchemy.create_engine(url, pool_size=1, pool_pre_ping=True)
+    key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()
+
+
+def _sqlite_file(url: str) -> Path:
+    return Path(url.split(":///", 1)[1]) if ":///" in url else Path("optuna.db")
+
+
+def _sqlite_parent(url: str) -> Path:
+    return _sqlite_file(url).parent
+
+
+def _redact(url: str) -> str:
+    """Return the URL without its password, for error messages."""
+    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)

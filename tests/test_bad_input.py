@@ -1,0 +1,109 @@
+"""Bad input stops run_study.py before any training: one error line, exit 2, storage untouched."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+from study_fixtures import study_args, write_definition, write_tiny_data
+
+import run_study
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("good")
+    write_tiny_data(root)
+    return root / "data-8d"
+
+
+def _fails_cleanly(capsys, args: list[str], *expected: str) -> str:
+    assert run_study.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+def _no_study_written(root: Path) -> None:
+    db = root / "study.db"
+    if db.exists():
+        assert optuna.get_all_study_names(storage=f"sqlite:///{db}") == []
+
+
+def test_missing_data(tmp_path, capsys):
+    _fails_cleanly(capsys, study_args(tmp_path, str(tmp_path / "none" / "*.tfrecord")),
+                   "no TFRecord files match", str(tmp_path / "none"))
+    _no_study_written(tmp_path)
+
+
+def test_truncated_shard_names_file_and_record(tmp_path, shards, capsys):
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    victim = sorted(copy.glob("*.tfrecord*"))[0]
+    victim.write_bytes(victim.read_bytes()[:-30])
+    _fails_cleanly(capsys, study_args(tmp_path, str(copy / "*.tfrecord*")), victim.name, "record")
+    _no_study_written(tmp_path)
+
+
+def test_corrupt_byte_is_a_crc_error(tmp_path, shards, capsys):
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    victim = sorted(copy.glob("*.tfrecord*"))[1]
+    raw = bytearray(victim.read_bytes())
+    raw[200] ^= 0xFF
+    victim.write_bytes(bytes(raw))
+    err = _fails_cleanly(capsys, study_args(tmp_path, str(copy / "*.tfrecord*")), victim.name)
+    assert "crc" in err.lower()
+    _no_study_written(tmp_path)
+
+
+def test_wrong_feature_size_for_an_existing_study(tmp_path, shards, capsys):
+    assert run_study.main(study_args(tmp_path, str(shards / "*.tfrecord*"), "--trials", "0")) == 0
+    capsys.readouterr()
+    other = write_tiny_data(tmp_path, dim=6)
+    _fails_cleanly(capsys, study_args(tmp_path, other, "--trials", "1"), "8-d", "6-d")
+    assert _trials(tmp_path) == 0
+
+
+def test_invalid_definition(tmp_path, shards, capsys):
+    args = study_args(tmp_path, str(shards / "*.tfrecord*"))
+    write_definition(tmp_path, train={"epochs": -1})
+    _fails_cleanly(capsys, args, "tiny.yaml", "train.epochs")
+    _no_study_written(tmp_path)
+
+
+def test_unreachable_storage(tmp_path, shards, capsys):
+    args = study_args(tmp_path, str(shards / "*.tfrecord*"))
+    args[args.index("--storage") + 1] = "postgresql://nobody@127.0.0.1:1/none"
+    _fails_cleanly(capsys, args, "cannot open storage", "127.0.0.1:1")
+
+
+def test_storage_that_is_not_a_url(tmp_path, shards, capsys):
+    args = study_args(tmp_path, str(shards / "*.tfrecord*"))
+    args[args.index("--storage") + 1] = "mystudy"
+    _fails_cleanly(capsys, args, "not a database URL")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--trials", "-1"), ("--jobs", "0"), ("--epochs", "0"),
+                        ("--timeout", "0"), ("--wandb-mode", "loud")])
+def test_flag_out_of_range(tmp_path, flag, value, capsys):
+    with pytest.raises(SystemExit) as info:
+        run_study.main(["--wandb-mode", "disabled", flag, value])
+    assert info.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_device_that_is_not_there(tmp_path, shards, capsys):
+    args = study_args(tmp_path, str(shards / "*.tfrecord*"))
+    args[args.index("--device") + 1] = "tpu"
+    _fails_cleanly(capsys, args, "--device")
+
+
+def _trials(root: Path) -> int:
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{root / 'study.db'}")
+    return len(study.trials)

@@ -1,0 +1,104 @@
+"""run_study.py end to end on tiny synthetic data: trials, pruning, resuming, reproducibility."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import run_study
+from study_fixtures import study_args, write_tiny_data
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_tiny_data(tmp_path_factory.mktemp("shards"))
+
+
+def _load(root, name="tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{root / 'study.db'}")
+
+
+@pytest.mark.slow
+def test_four_trial_study_runs_end_to_end(tmp_path, data, capsys):
+    assert run_study.main(study_args(tmp_path, data, "--trials", "4")) == 0
+    out = capsys.readouterr().out
+    study = _load(tmp_path)
+    trials = study.get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    for t in complete:
+        assert sorted(t.intermediate_values) == [1, 2, 3]
+        assert t.value == max(t.intermediate_values.values())
+        attrs = t.user_attrs
+        assert attrs["examples_per_s"] > 0 and attrs["param_count"] > 0
+        assert attrs["epochs_run"] == 3 and attrs["wall_s"] > 0
+        manifest = attrs["manifest"]
+        assert manifest["data_fingerprint"] == study.user_attrs["data_fingerprint"]
+        assert manifest["device"] == "cpu" and manifest["torch"]
+        assert set(manifest) >= {"seed", "git_commit", "cuda", "cudnn"}
+    # The final answer: the best trial scored once on the test groups, saved next to the study.
+    final = study.user_attrs["final"]
+    assert final["trial_number"] == study.best_trial.number
+    assert 0.0 <= final["test"]["top1"] <= final["test"]["top5"] <= 1.0
+    runs = tmp_path / "runs" / "tiny"
+    assert json.loads((runs / "final.json").read_text())["trial_number"] == final["trial_number"]
+    assert (runs / "best.pt").exists() and (runs / "report.html").exists()
+    assert "bag_of_frames_val_top1" in study.user_attrs["baseline"]
+    # What a person reads: one line per trial and the dashboard command.
+    for t in trials:
+        assert f"trial {t.number:>3} {t.state.name}" in out
+    assert f"optuna-dashboard sqlite:///{tmp_path / 'study.db'}" in out
+    assert "best trial" in out and "test groups" in out
+
+
+@pytest.mark.slow
+def test_rerun_resumes_and_trials_counts_the_whole_study(tmp_path, data):
+    assert run_study.main(study_args(tmp_path, data, "--trials", "2")) == 0
+    assert len(_load(tmp_path).trials) == 2
+    assert run_study.main(study_args(tmp_path, data, "--trials", "3")) == 0
+    assert len(_load(tmp_path).trials) == 3
+    assert run_study.main(study_args(tmp_path, data, "--trials", "3")) == 0
+    assert [t.number for t in _load(tmp_path).trials] == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_trial_that_cannot_learn_is_pruned_with_the_median_it_trailed(tmp_path, data):
+    assert run_study.main(study_args(tmp_path, data, "--trials", "3")) == 0
+    study = _load(tmp_path)
+    study.enqueue_trial({"cell": "gru", "layers": 1, "hidden": 8, "lr": 1e-9, "clip_norm": 1.0})
+    assert run_study.main(study_args(tmp_path, data, "--trials", "4")) == 0
+    dull = _load(tmp_path).trials[3]
+    assert dull.params["lr"] == 1e-9
+    assert dull.state == TrialState.PRUNED
+    reason = dull.user_attrs["prune_reason"]
+    assert reason["value"] < reason["median"] and reason["n_trials"] >= 2
+    assert reason["epoch"] == max(dull.intermediate_values)
+
+
+@pytest.mark.slow
+def test_diverging_trial_is_pruned_at_once_with_its_reason(tmp_path, data):
+    assert run_study.main(study_args(tmp_path, data, "--trials", "0")) == 0
+    _load(tmp_path).enqueue_trial(
+        {"cell": "lstm", "layers": 1, "hidden": 8, "lr": 1e38, "clip_norm": 5.0})
+    assert run_study.main(study_args(tmp_path, data, "--trials", "1")) == 0
+    trial = _load(tmp_path).trials[0]
+    assert trial.state == TrialState.PRUNED
+    text = trial.user_attrs["prune_reason"]["text"]
+    assert "nan" in text.lower() or "inf" in text.lower()
+
+
+@pytest.mark.slow
+def test_seeded_studies_give_the_same_trials(tmp_path, data):
+    results = []
+    for run in ("a", "b"):
+        root = tmp_path / run
+        root.mkdir()
+        assert run_study.main(study_args(root, data, "--trials", "3", "--seed", "11")) == 0
+        results.append([(t.params, t.value, t.state) for t in _load(root).trials])
+    assert results[0] == results[1]
+    assert all(v is not None and not math.isnan(v) for _, v, _ in results[0])
