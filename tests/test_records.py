@@ -6,6 +6,7 @@ import gzip
 import json
 import re
 import struct
+import zlib
 from pathlib import Path
 
 import crc32c
@@ -268,6 +269,17 @@ def test_corrupt_gzip_bytes_are_a_data_error(tmp_path: Path):
     path.write_bytes(bytes(data))
     with pytest.raises(DataError, match=re.escape(str(path)) + r": record \d"):
         list(read_clips(str(path)))
+
+
+def test_zlib_file_gets_a_hint_and_corrupt_huge_length_allocates_nothing(tmp_path: Path):
+    (tmp_path / "z").write_bytes(zlib.compress(framed(encode_clip(make_clips(1)[0]))))
+    with pytest.raises(DataError, match="starts like a ZLIB stream"):
+        list(read_clips(str(tmp_path / "z")))
+    head = struct.pack("<Q", 1 << 50)  # a length with a valid CRC, claiming a petabyte
+    length_crc = framed(head)[-4:]  # masked CRC of exactly these 8 bytes
+    (tmp_path / "h").write_bytes(head + length_crc + b"x" * 100)
+    with pytest.raises(DataError, match="truncated"):
+        list(read_clips(str(tmp_path / "h")))
 
 
 def test_empty_glob_is_a_data_error(tmp_path: Path):
