@@ -220,6 +220,8 @@ def _varint(buf: _Buf, pos: int, end: int) -> tuple[int, int]:
         pos += 1
         result |= (b & 0x7F) << shift
         if b < 0x80:
+            if result >> 64:
+                raise _Unusual  # over 64 bits: protobuf calls it corrupt, so let it say so
             return result, pos
         shift += 7
         if shift >= 70:
@@ -227,30 +229,31 @@ def _varint(buf: _Buf, pos: int, end: int) -> tuple[int, int]:
 
 
 def _fields(buf: _Buf, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-    """Yield (field number, wire type, start, end) of each field in buf[pos:end]."""
+    """Yield (field number, wire type, start, end) of each field in buf[pos:end].
+
+    Anything protobuf would reject (field 0, groups, overruns) raises _Unusual, so that the
+    protobuf fallback gives the verdict: the fast path never accepts what protobuf rejects.
+    """
     while pos < end:
         key, pos = _varint(buf, pos, end)
         field, wire = key >> 3, key & 7
+        if field == 0 or key >> 32:
+            raise _Unusual
         if wire == _LEN:
             n, pos = _varint(buf, pos, end)
-            if pos + n > end:
-                raise _Unusual
-            yield field, wire, pos, pos + n
-            pos += n
+            start = pos
         elif wire == _VARINT:
             start = pos
             _, pos = _varint(buf, pos, end)
-            yield field, wire, start, pos
-        elif wire == _I32:
-            yield field, wire, pos, pos + 4
-            pos += 4
-        elif wire == _I64:
-            yield field, wire, pos, pos + 8
-            pos += 8
+            n = 0
+        elif wire in (_I32, _I64):
+            start, n = pos, 4 if wire == _I32 else 8
         else:
             raise _Unusual
-    if pos != end:
-        raise _Unusual
+        pos += n
+        if pos > end:
+            raise _Unusual
+        yield field, wire, start, pos
 
 
 def _map(buf: _Buf, start: int, end: int, out: dict[str, tuple[int, int]]) -> None:
@@ -264,7 +267,10 @@ def _map(buf: _Buf, start: int, end: int, out: dict[str, tuple[int, int]]) -> No
         has_key = has_value = False
         for f2, w2, a2, b2 in _fields(buf, a, b):
             if f2 == 1 and w2 == _LEN and not has_key:
-                key, has_key = bytes(buf[a2:b2]).decode("utf-8", "replace"), True
+                try:
+                    key, has_key = bytes(buf[a2:b2]).decode("utf-8"), True
+                except UnicodeDecodeError:
+                    raise _Unusual from None  # protobuf rejects non-UTF-8 string keys
             elif f2 == 2 and w2 == _LEN and not has_value:
                 value, has_value = (a2, b2), True
             else:
@@ -341,7 +347,7 @@ def _frames(buf: _Buf, start: int, end: int, want: int) -> tuple[str | None, Any
             width = stride - header
             if want == _FLOAT and width % 4 == 0:
                 return "float_list", rows[:, header:]
-            if want == _INT64 and width == 1 and rows[0, header] < 0x80:
+            if want == _INT64 and width == 1 and (rows[:, header] < 0x80).all():
                 return "int64_list", rows[:, header : header + 1].astype(np.int64)
     # Frames differ in encoding or size: one Python step per frame.
     out: list[Any] = []

@@ -463,3 +463,32 @@ def test_plain_shard_whose_length_starts_like_gzip_is_read_as_plain(tmp_path: Pa
     write_clips(path, [clip])
     assert path.read_bytes()[:2] == b"\x1f\x8b"
     assert_same([clip], list(read_clips(str(path))))
+
+
+def test_fast_parser_and_protobuf_agree_on_mutated_records():
+    """Random byte edits (CRC kept valid): both parsers accept the same clip or both refuse."""
+    rng = np.random.default_rng(7)
+    records = [encode_clip(c, pad_to=p) for c in make_clips(3, dim=4, max_len=6) for p in (8, None)]
+
+    def outcome(parse, record: bytes) -> tuple:
+        try:
+            clip = parse(record)
+        except DataError:
+            return ("refused",)
+        return (clip.filename, clip.text, clip.label, clip.fps, clip.features.tobytes())
+
+    accepted = 0
+    for i in range(1500):
+        record = bytearray(records[i % len(records)])
+        at = int(rng.integers(0, len(record)))
+        edit = i % 3
+        if edit == 0:
+            record[at] = int(rng.integers(0, 256))
+        elif edit == 1:
+            del record[at : at + int(rng.integers(1, 5))]
+        else:
+            record[at:at] = rng.integers(0, 256, int(rng.integers(1, 4)), dtype=np.uint8).tobytes()
+        fast = outcome(parse_record, bytes(record))
+        assert fast == outcome(parse_record_with_protobuf, bytes(record)), bytes(record).hex()
+        accepted += fast != ("refused",)
+    assert 0 < accepted < 1500
