@@ -56,20 +56,20 @@ def make_videos(root: Path, count: int, seconds: float) -> list[Path]:
 
 
 class _Decode(torch.utils.data.Dataset):
-    def __init__(self, paths: list[Path], seconds: float, threads: int):
-        self.paths, self.seconds, self.threads = paths, seconds, threads
+    def __init__(self, paths: list[Path], seconds: float):
+        self.paths, self.seconds = paths, seconds
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(decode_video(self.paths[i], 25, self.seconds, 224, self.threads))
+        return torch.from_numpy(decode_video(self.paths[i], 25, self.seconds, 224))
 
 
 def bench_decode(paths: list[Path], seconds: float, workers: int) -> tuple[float, int]:
     """Return (frames/s, frames) of decoding + resizing + cropping the videos."""
     loader = torch.utils.data.DataLoader(
-        _Decode(paths, seconds, threads=0 if workers == 0 else 1), batch_size=None,
+        _Decode(paths, seconds), batch_size=None,
         num_workers=workers,
     )
     start, frames = time.perf_counter(), 0
