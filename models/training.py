@@ -171,6 +171,24 @@ def _optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> t
     )
 
 
+def _check_first_step(optimizer: torch.optim.AdamW) -> None:
+    """Raise TrainingDiverged if Adam's first step size overflows float32 (lr near 3.4e38).
+
+    Adam's step size is largest at step 1, lr / (1 - beta1); past float32's range the CPU
+    optimizer fails with a bare RuntimeError and the fused CUDA one writes inf weights.
+    """
+    limit = torch.finfo(torch.float32).max
+    for group in optimizer.param_groups:
+        size = group["lr"] / (1 - group["betas"][0])
+        if not size < limit:
+            raise TrainingDiverged(
+                f"Adam's first step lr / (1 - beta1) = {size:.3g} becomes inf in float32 "
+                f"(max {limit:.3g}) at epoch 1 step 1 (global step 1); lower the learning rate",
+                epoch=1,
+                step=1,
+            )
+
+
 @contextmanager
 def _deterministic_on_cpu(device: torch.device) -> Iterator[None]:
     """Turn on deterministic algorithms for the run on CPU (free there), then restore."""
@@ -217,6 +235,7 @@ def train(
     torch.manual_seed(config.seed)  # dropout's random numbers
     model.to(device)
     optimizer = _optimizer(model, config, device)
+    _check_first_step(optimizer)
     on_cuda = device.type == "cuda"
     # Scale fixed at 1: used only to skip steps with non-finite gradients without a sync.
     scaler = (

@@ -213,6 +213,17 @@ def test_huge_learning_rate_diverges_with_a_clear_reason():
         train(make_model(cell="lstm"), data, data, TrainConfig(lr=1e37, clip_norm=0, epochs=5))
 
 
+def test_learning_rate_beyond_float32_in_adams_first_step_diverges_before_training():
+    data = tiny_set()
+    model = make_model(cell="lstm")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TrainingDiverged, match=r"becomes inf in float32 .* at epoch 1 step 1 .*"
+                                               r"lower the learning rate") as info:
+        train(model, data, data, TrainConfig(lr=1e38, epochs=1))
+    assert (info.value.epoch, info.value.step) == (1, 1)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 class SqrtAtZero(nn.Module):
     """Finite logits whose gradient is nan: d/dw of 0 * sqrt(w) at w = 0 is 0 * inf."""
 
