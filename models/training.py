@@ -11,11 +11,17 @@ of the epoch (on the CPU every step, where reading is free). On CUDA a GradScale
 scale fixed at 1 (bf16 needs no loss scaling) does the on-device part: it skips the
 optimizer step of any step whose gradients hold an inf or nan, so the weights stay clean
 until the batched check raises.
+
+Loss: cross entropy of the clip logits; with frame_level, each real frame's cross entropy
+against its clip's label, averaged within each clip and then over clips (the training
+top-1 then scores the mean of the frame logits, as RNNClassifier(frame_level=True) does).
+Optimizer: AdamW, i.e. Adam with decoupled weight decay, applied to weight matrices only.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -145,11 +151,17 @@ class _StepLog:
         return steps
 
 
+def _summary(steps: list[_Step]) -> tuple[int, float, float]:
+    """Return (examples, mean loss per example, top-1) over steps."""
+    n = sum(s.size for s in steps)
+    return n, sum(s.loss * s.size for s in steps) / n, sum(s.correct for s in steps) / n
+
+
 def _check_finite(steps: list[_Step], epoch: int) -> None:
     """Raise TrainingDiverged at the first step whose loss or gradient norm is not finite."""
     for s in steps:
         for what, value in (("loss", s.loss), ("gradient norm", s.grad_norm)):
-            if value != value or value in (float("inf"), float("-inf")):
+            if not math.isfinite(value):
                 raise TrainingDiverged(
                     f"{what} became {value} at epoch {epoch} step {s.epoch_step} "
                     f"(global step {s.step}); lower the learning rate or the clip norm",
@@ -286,26 +298,20 @@ def train(
                     optimizer.step()
                 if report:
                     now = time.perf_counter()
-                    window = done[window_from:]
-                    size = sum(s.size for s in window)
-                    on_step(StepResult(
-                        step=step,
-                        epoch=epoch,
-                        loss=sum(s.loss * s.size for s in window) / size,
-                        top1=sum(s.correct for s in window) / size,
-                        examples_per_s=size / (now - window_start),
-                    ))
+                    size, mean_loss, top1 = _summary(done[window_from:])
+                    on_step(StepResult(step=step, epoch=epoch, loss=mean_loss, top1=top1,
+                                       examples_per_s=size / (now - window_start)))
                     window_start, window_from = now, len(done)
             new = log.read()
             _check_finite(new, epoch)
             done += new
             train_seconds = time.perf_counter() - start
-            seen = sum(s.size for s in done)
+            seen, train_loss, train_top1 = _summary(done)
             val = evaluate(model, val_loader, device, amp=config.amp)
             result = EpochResult(
                 epoch=epoch,
-                train_loss=sum(s.loss * s.size for s in done) / seen,
-                train_top1=sum(s.correct for s in done) / seen,
+                train_loss=train_loss,
+                train_top1=train_top1,
                 val_loss=val.loss,
                 val_top1=val.top1,
                 val_top5=val.top5,
