@@ -118,7 +118,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="training groups held out for validation")
     p.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu' or 'cuda'")
     p.add_argument("--no-amp", dest="amp", action="store_false",
-                   help="train in fp32 on CUDA instead of bf16 autocast")
+                   help="train in fp32 on CUDA instead of bf16 autocast (autocast on: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed for weights, shuffling and dropout")
     p.add_argument("--log-every", type=int, default=10, help="steps between progress updates")
@@ -184,6 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         bar.close()
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        bar.close()
+        print("interrupted: no checkpoint written", file=sys.stderr)
+        return 130
     bar.close()
 
     # train() leaves the best epoch's weights in the model
