@@ -100,4 +100,5 @@ def test_every_flag_has_help_showing_its_default():
                           ("--seed", "0"), ("--cache-dir", "data/cache"),
                           ("--frame-level", "False"), ("--out", "checkpoints/model.pt")]:
         assert f"(default: {default})" in blocks[flag], blocks.get(flag)
-    assert all("(default: " in b for f, b in blocks.items() if f not in ("-h,",)), blocks
+    assert "(autocast on: True)" in blocks["--no-amp"]
+    assert all("(default: " in b for f, b in blocks.items() if f not in ("-h,", "--no-amp"))
