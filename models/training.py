@@ -54,6 +54,8 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast, on CUDA only
     frame_level: bool = False  # loss on every real frame instead of the clip read-out
     log_every: int = 20  # steps between on_step calls (and between divergence checks on CUDA)
+    explode_norm: float = math.inf  # a pre-clip gradient norm above this ends the run as diverged
+    explode_loss: float = math.inf  # so does a training loss above this
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -157,14 +159,25 @@ def _summary(steps: list[_Step]) -> tuple[int, float, float]:
     return n, sum(s.loss * s.size for s in steps) / n, sum(s.correct for s in steps) / n
 
 
-def _check_finite(steps: list[_Step], epoch: int) -> None:
-    """Raise TrainingDiverged at the first step whose loss or gradient norm is not finite."""
+def _check_finite(
+    steps: list[_Step], epoch: int, explode_norm: float = math.inf, explode_loss: float = math.inf
+) -> None:
+    """Raise TrainingDiverged at the first step with a non-finite or exploded loss/norm."""
     for s in steps:
         for what, value in (("loss", s.loss), ("gradient norm", s.grad_norm)):
             if not math.isfinite(value):
                 raise TrainingDiverged(
                     f"{what} became {value} at epoch {epoch} step {s.epoch_step} "
                     f"(global step {s.step}); lower the learning rate or the clip norm",
+                    epoch=epoch,
+                    step=s.step,
+                )
+        for what, value, limit in (("gradient norm", s.grad_norm, explode_norm),
+                                   ("loss", s.loss, explode_loss)):
+            if value > limit:
+                raise TrainingDiverged(
+                    f"{what} exploded to {value:.3g} (limit {limit:.3g}) at epoch {epoch} "
+                    f"step {s.epoch_step} (global step {s.step}); lower the learning rate",
                     epoch=epoch,
                     step=s.step,
                 )
@@ -289,7 +302,8 @@ def train(
                 report = on_step is not None and step % config.log_every == 0
                 if report or epoch_step % check_every == 0:
                     new = log.read()
-                    _check_finite(new, epoch)  # before the step: never step on garbage
+                    # before the step: never step on garbage
+                    _check_finite(new, epoch, config.explode_norm, config.explode_loss)
                     done += new
                 if scaler is not None:
                     scaler.step(optimizer)  # skipped on device if any gradient is inf or nan
@@ -303,7 +317,7 @@ def train(
                                        examples_per_s=size / (now - window_start)))
                     window_start, window_from = now, len(done)
             new = log.read()
-            _check_finite(new, epoch)
+            _check_finite(new, epoch, config.explode_norm, config.explode_loss)
             done += new
             train_seconds = time.perf_counter() - start
             seen, train_loss, train_top1 = _summary(done)

@@ -67,6 +67,8 @@ class DataSpec:
 class TrainSpec:
     epochs: int = 10
     frame_level: bool = False
+    explode_grad_norm: float = 1.0e4
+    explode_loss: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,8 @@ def _check_sections(d: StudyDefinition, where: str) -> None:
         (d.data.split in (1, 2, 3), "data.split must be 1, 2 or 3"),
         (1 <= d.data.val_groups <= 10, "data.val_groups must be between 1 and 10"),
         (d.train.epochs >= 1, "train.epochs must be at least 1"),
+        (d.train.explode_grad_norm > 0, "train.explode_grad_norm must be above 0"),
+        (d.train.explode_loss > 0, "train.explode_loss must be above 0"),
         (d.pruner.kind in ("median", "none"), "pruner.kind must be median or none"),
         (d.pruner.startup_trials >= 0, "pruner.startup_trials must be >= 0"),
         (d.pruner.warmup_epochs >= 0, "pruner.warmup_epochs must be >= 0"),

@@ -71,6 +71,8 @@ def train_config(params: dict[str, Any], settings: TrialSettings, seed: int) -> 
         seed=seed,
         device=settings.device,
         frame_level=settings.definition.train.frame_level,
+        explode_norm=settings.definition.train.explode_grad_norm,
+        explode_loss=settings.definition.train.explode_loss,
     )
 
 

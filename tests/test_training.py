@@ -282,3 +282,22 @@ def test_cuda_bf16_training_learns_and_stops_on_nan_without_bad_updates():
         train(model, PoisonedLoader(data, epoch=1, step=2), data,
               TrainConfig(epochs=1, device="cuda", log_every=3))
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+
+def test_exploding_gradient_norm_ends_the_run_with_its_reason():
+    config = TrainConfig(lr=1e2, clip_norm=1.0, epochs=3, explode_norm=50.0)
+    with pytest.raises(TrainingDiverged, match="gradient norm exploded") as info:
+        train(make_model(layers=1), tiny_set(), tiny_set(shuffle=False), config)
+    assert info.value.epoch == 1
+
+
+def test_exploding_loss_ends_the_run_with_its_reason():
+    # Adam's step is about lr whatever the gradient: the cells saturate, the norm stays small
+    # and the loss explodes while staying finite.
+    config = TrainConfig(lr=1e6, clip_norm=1.0, epochs=3, explode_loss=100.0)
+    with pytest.raises(TrainingDiverged, match="loss exploded") as info:
+        train(make_model(layers=1), tiny_set(), tiny_set(shuffle=False), config)
+    assert info.value.epoch == 1
+    unlimited = dataclasses.replace(config, explode_loss=math.inf, epochs=1)
+    result = train(make_model(layers=1), tiny_set(), tiny_set(shuffle=False), unlimited)
+    assert result.epochs[0].train_loss > 100.0
