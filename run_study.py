@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 DEFAULT_STUDY = "studies/ucf101_rnn.yaml"
@@ -120,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, StudyError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before any trial started: nothing to clean up
+        print("interrupted before any trial started", file=sys.stderr)
+        return 130
 
 
 def _names(args: argparse.Namespace):
@@ -172,16 +176,19 @@ def _study(args: argparse.Namespace) -> int:
 
     from search import console, tracking
     from search.best_checkpoint import BestCheckpoint
+    from search.manifest import trial_seed
     from search.objective import TrialSettings, objective
     from search.runner import counted_trials, run_trials
     from search.storage import open_storage
-    from search.study import open_study
+    from search.study import make_sampler, open_study
     from search.study_data import load_study_data, resolve_pattern
 
     started = time.perf_counter()
     if args.verbose:
         logging.getLogger().setLevel(logging.INFO)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Heartbeats, their retry callback and artifacts are "experimental" in Optuna 5 but pinned.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     definition, name, url = _names(args)
     device = _device(args.device)
     seed = definition.sampler.seed if args.seed is None else args.seed
@@ -226,7 +233,9 @@ def _study(args: argparse.Namespace) -> int:
 
     outcome = run_trials(study, lambda trial, stop: objective(trial, settings, stop),
                          storage_url=url, total=args.trials, jobs=args.jobs,
-                         timeout=args.timeout, on_trial_end=on_trial_end)
+                         timeout=args.timeout, on_trial_end=on_trial_end,
+                         sampler_for=lambda n: make_sampler(definition.sampler,
+                                                            trial_seed(seed, n)))
     bar.close()
     where = _finish(study, settings, out_dir, outcome.reason, args)
     print(console.summary(
@@ -238,6 +247,7 @@ def _study(args: argparse.Namespace) -> int:
 
 def _finish(study, settings, out_dir: Path, outcome: str, args: argparse.Namespace) -> dict:
     """Score the best trial on the test groups, attach artifacts, log the study run, report."""
+    import numpy as np
     from optuna.trial import TrialState
 
     from search import tracking
@@ -249,16 +259,15 @@ def _finish(study, settings, out_dir: Path, outcome: str, args: argparse.Namespa
     has_best = bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     confusion = None
     if has_best and outcome != "interrupted":
-        final = score_best(study, settings, out_dir)
+        final, scored_here = score_best(study, settings, out_dir)
         score_baseline(study, settings)
-        import numpy as np
-
         confusion = np.asarray(final["test"]["confusion"])
-        png = render_confusion_png(confusion, final["class_names"], out_dir / "confusion.png")
-        attach_best_artifacts(study, final["trial_number"], [png, settings.best.path],
-                              out_dir / "artifacts")
-        where["best checkpoint"] = str(settings.best.path)
-        where["final scores"] = str(out_dir / "final.json")
+        if scored_here:  # the worker that scored it holds the weights and attaches them
+            png = render_confusion_png(confusion, final["class_names"], out_dir / "confusion.png")
+            attach_best_artifacts(study, final["trial_number"], [png, settings.best.path],
+                                  out_dir / "artifacts")
+            where["best checkpoint"] = str(settings.best.path)
+            where["final scores"] = str(out_dir / "final.json")
     run_path = tracking.log_study_run(settings.tracking, study, confusion,
                                       settings.data.class_names)
     if run_path:

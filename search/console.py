@@ -25,7 +25,8 @@ def trial_line(t: FrozenTrial) -> str:
         f"trial {t.number:>3} {t.state.name:<8} val_top1={value} epochs={epochs} "
         f"{seconds or 0:.1f}s  {format_params(t.params)}"
     )
-    reason = t.user_attrs.get("prune_reason", {}).get("text") or t.user_attrs.get("fail_reason")
+    prune = t.user_attrs.get("prune_reason") or {}
+    reason = prune.get("text") or t.user_attrs.get("fail_reason")
     return f"{line}  ({reason})" if reason else line
 
 

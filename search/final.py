@@ -27,12 +27,17 @@ def best_params(study: optuna.Study, settings: TrialSettings) -> dict[str, Any]:
     return suggest(optuna.trial.FixedTrial(study.best_trial.params), settings.definition)
 
 
-def score_best(study: optuna.Study, settings: TrialSettings, runs_dir: Path) -> dict[str, Any]:
-    """Score the best trial on the test part once (reloading its weights or retraining it)."""
+def score_best(
+    study: optuna.Study, settings: TrialSettings, runs_dir: Path
+) -> tuple[dict[str, Any], bool]:
+    """Score the best trial on the test part once (reloading its weights or retraining it).
+
+    Returns the final record and whether this call scored it (False: another worker had).
+    """
     best = study.best_trial
     known = study.user_attrs.get("final")
     if known and known.get("trial_number") == best.number:
-        return known
+        return known, False
     params = best_params(study, settings)
     seed = best.user_attrs.get("manifest", {}).get("seed", 0)
     loaded = settings.best.load(best.number)
@@ -59,7 +64,7 @@ def score_best(study: optuna.Study, settings: TrialSettings, runs_dir: Path) -> 
     study.set_user_attr("final", final)
     runs_dir.mkdir(parents=True, exist_ok=True)
     (runs_dir / "final.json").write_text(json.dumps(final, indent=1))
-    return final
+    return final, True
 
 
 def score_baseline(study: optuna.Study, settings: TrialSettings) -> dict[str, float]:

@@ -98,6 +98,9 @@ def loaders(
 def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Event) -> float:
     """Train one configuration; return its best validation top-1 accuracy."""
     started = time.perf_counter()
+    for inherited in ("fail_reason", "prune_reason"):  # a retried trial copies its original's
+        if inherited in trial.user_attrs:
+            trial.set_user_attr(inherited, None)
     params = suggest(trial, settings.definition)
     seed = trial_seed(settings.seed, trial.number)
     spec = model_spec(params, settings)

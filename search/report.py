@@ -382,6 +382,8 @@ def _per_class_table(
 
 def _trial_note(t: FrozenTrial) -> str:
     reason = t.user_attrs.get("prune_reason")
+    if t.state == TrialState.PRUNED and isinstance(reason, dict) and "median" not in reason:
+        return str(reason.get("text", "pruned"))  # diverged: no median was involved
     if t.state == TrialState.PRUNED and isinstance(reason, dict):
         return (
             f"pruned at epoch {reason.get('epoch')}: {_fmt(reason.get('value'))} below the "

@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import optuna
-from optuna.storages import fail_stale_trials
+from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from search.objective import TrialFailed, TrialInterrupted
-from search.storage import budget_lock
+from search.storage import MAX_RETRY, budget_lock
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ def run_trials(
     jobs: int = 1,
     timeout: float | None = None,
     on_trial_end: Callable[[FrozenTrial], None] | None = None,
+    sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None,
     stop: threading.Event | None = None,
     poll_s: float = 2.0,
 ) -> RunOutcome:
@@ -59,31 +60,35 @@ def run_trials(
     finished: list[FrozenTrial] = []
     timed_out = threading.Event()
 
-    def work() -> None:
-        while not stop.is_set():
-            if deadline is not None and time.monotonic() >= deadline:
-                timed_out.set()
-                return
-            trial = _next_trial(study, storage_url, total, stop, poll_s)
-            if trial is None:
-                return
-            frozen = _run_one(study, trial, objective, stop)
-            finished.append(frozen)
-            if on_trial_end is not None:
-                on_trial_end(frozen)
+    def work(done: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                if deadline is not None and time.monotonic() >= deadline:
+                    timed_out.set()
+                    return
+                trial = _next_trial(study, storage_url, total, stop, poll_s, sampler_for)
+                if trial is None:
+                    return
+                frozen = _run_one(study, trial, objective, stop)
+                finished.append(frozen)
+                if on_trial_end is not None:
+                    on_trial_end(frozen)
+        finally:
+            done.set()
 
-    threads = [threading.Thread(target=work, name=f"trial-{i}", daemon=True) for i in range(jobs)]
-    for thread in threads:
-        thread.start()
+    # Waiting on events, not Thread.join: a join interrupted by Ctrl-C can return early on
+    # Python 3.11 and leave the trial in flight unrecorded.
+    done = [threading.Event() for _ in range(jobs)]
+    for i, event in enumerate(done):
+        threading.Thread(target=work, args=(event,), name=f"trial-{i}", daemon=True).start()
     try:
-        while any(t.is_alive() for t in threads):
-            for thread in threads:
-                thread.join(timeout=0.2)
+        while not all(e.is_set() for e in done):
+            time.sleep(0.2)
     except KeyboardInterrupt:
         # Trials stop at their next step; each is told FAIL and its W&B run closed.
         stop.set()
-        for thread in threads:
-            thread.join()
+        while not all(e.is_set() for e in done):
+            time.sleep(0.1)
         return RunOutcome("interrupted", len(finished))
     if stop.is_set():
         return RunOutcome("interrupted", len(finished))
@@ -91,7 +96,12 @@ def run_trials(
 
 
 def _next_trial(
-    study: optuna.Study, url: str, total: int, stop: threading.Event, poll_s: float
+    study: optuna.Study,
+    url: str,
+    total: int,
+    stop: threading.Event,
+    poll_s: float,
+    sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None,
 ) -> optuna.Trial | None:
     heartbeat = is_heartbeat_enabled(study._storage)
     while not stop.is_set():
@@ -101,6 +111,10 @@ def _next_trial(
         with budget_lock(url, study.study_name):
             trials = study.get_trials(deepcopy=False)
             if counted_trials(trials) < total or any(t.state == TrialState.WAITING for t in trials):
+                if sampler_for is not None:
+                    # A sampler seeded for this trial number: a resumed run or another worker
+                    # with the same study seed draws new params, not the first run's again.
+                    study.sampler = sampler_for(len(trials))
                 return study.ask()
         # Budget reached, but a running trial may still die and need its retry run here.
         if not heartbeat or not any(t.state == TrialState.RUNNING for t in trials):
@@ -132,4 +146,9 @@ def _run_one(
             state = TrialState.FAIL
     if state == TrialState.COMPLETE:
         return study.tell(trial, value)
-    return study.tell(trial, state=state)
+    frozen = study.tell(trial, state=state)
+    if stop.is_set() and state == TrialState.FAIL:
+        # Interrupted, not broken: queue it again with the same params, so the same command
+        # resumes it and the budget counts it once (as for a dead worker's trial).
+        RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, frozen)
+    return frozen

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import random
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,22 +67,38 @@ def open_storage(
         # Many workers on one server: a small pool each, and drop connections the server closed.
         engine_kwargs.update(pool_size=2, max_overflow=4, pool_pre_ping=True, pool_recycle=1800)
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
-    try:
-        storage = RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-        )
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StudyError(f"cannot open storage {_redact(url)}: {reason}") from None
+    storage = _connect_with_retries(url, engine_kwargs, heartbeat_interval, grace_period)
     if url.startswith("sqlite:"):
         # WAL lets the dashboard read while workers write, without "database is locked".
         with storage.engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
     return storage
+
+
+def _connect_with_retries(
+    url: str, engine_kwargs: dict, heartbeat_interval: int, grace_period: int, attempts: int = 5
+) -> RDBStorage:
+    # Workers starting together on a new database race to create Optuna's tables; the loser
+    # gets an integrity error and simply tries again once the tables exist.
+    for attempt in range(attempts):
+        try:
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                    max_retry=MAX_RETRY
+                ),
+            )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise StudyError(f"cannot create Optuna's tables in {_redact(url)}") from None
+            time.sleep(0.5 + random.random())
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StudyError(f"cannot open storage {_redact(url)}: {reason}") from None
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager
