@@ -103,12 +103,7 @@ def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Even
             trial.set_user_attr(inherited, None)
     params = suggest(trial, settings.definition)
     seed = trial_seed(settings.seed, trial.number)
-    spec = model_spec(params, settings)
-    torch.manual_seed(seed)
-    model = build_model(spec)
-    train_loader, val_loader = loaders(params, settings, seed, ("train", "val"))
     fingerprint = settings.data.features.fingerprint
-    trial.set_user_attr("param_count", sum(p.numel() for p in model.parameters()))
     trial.set_user_attr("manifest", manifest(seed, fingerprint, settings.device))
     run_config = {
         **params,
@@ -122,8 +117,14 @@ def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Even
         "frame_level": settings.definition.train.frame_level,
         "trial_number": trial.number,
     }
+    # The W&B run opens first, so that whatever goes wrong from here on is recorded in it.
     with TrialRun(settings.tracking, trial.number, run_config) as run:
         trial.set_user_attr("wandb_run", run.path)
+        spec = model_spec(params, settings)
+        torch.manual_seed(seed)
+        model = build_model(spec)
+        train_loader, val_loader = loaders(params, settings, seed, ("train", "val"))
+        trial.set_user_attr("param_count", sum(p.numel() for p in model.parameters()))
 
         def on_step(step: StepResult) -> None:
             if stop.is_set():
