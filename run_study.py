@@ -273,14 +273,20 @@ def _finish(study, settings, out_dir: Path, outcome: str, args: argparse.Namespa
     if run_path:
         where["W&B study run"] = run_path
     if args.wandb_report:
-        where["W&B report"] = tracking.build_report(settings.tracking, study.study_name,
-                                                    settings.definition.searched())
+        try:
+            where["W&B report"] = tracking.build_report(settings.tracking, study.study_name,
+                                                        settings.definition.searched())
+        except tracking.TrackingError as exc:  # offline: says how to build it after syncing
+            where["W&B report"] = str(exc)
     where["report"] = str(write_report(study, out_dir / "report.html"))
     return where
 
 
 def _dashboard_command(url: str, out_dir: Path) -> str:
-    return f"optuna-dashboard {url} --artifact-dir {out_dir / 'artifacts'}"
+    from search.storage import journal_path
+
+    journal = journal_path(url)  # the dashboard takes a journal file by its path
+    return f"optuna-dashboard {journal or url} --artifact-dir {out_dir / 'artifacts'}"
 
 
 if __name__ == "__main__":
