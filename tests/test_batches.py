@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.batches import BatchLoader, epoch_batches, strided_lengths
+from datasets.batches import BatchLoader, epoch_batches, host_buffer, strided_lengths
 from datasets.cache import FeatureSet
 
 DIM = 3
@@ -234,3 +234,31 @@ def test_cuda_batches_match_cpu_batches(resident):
 def test_cuda_device_picks_resident_mode_when_it_fits():
     data = make_set(LENGTHS, fingerprint="cuda-auto")
     assert BatchLoader(data, np.arange(len(data)), 4, device="cuda").resident
+
+
+def test_large_batches_come_from_huge_page_buffers_with_the_same_values():
+    # 32 clips x 70 frames x 1024 x 4 bytes = 9 MB: above the huge-page threshold
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 71, size=32)
+    lengths[0] = 70
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    frames = rng.standard_normal((offsets[-1], 1024)).astype(np.float16)
+    data = FeatureSet(frames=frames, offsets=offsets, labels=np.ones(32, dtype=np.int64),
+                      filenames=("x",) * 32, texts=("x",) * 32, fps=25.0, fingerprint="big")
+    (batch,) = BatchLoader(data, np.arange(32), 32, stride=2).epoch(0)
+    assert batch.features.shape == (32, 35, 1024)
+    for i in range(32):
+        want = frames[offsets[i] : offsets[i + 1] : 2].astype(np.float32)
+        np.testing.assert_array_equal(batch.features[i, : len(want)].numpy(), want)
+        assert not batch.features[i, len(want) :].any()
+
+
+def test_host_buffer_gives_independent_writable_tensors():
+    a = host_buffer((3, 1024, 1024), torch.float32)  # 12 MB: huge-page path
+    b = host_buffer((3, 1024, 1024), torch.float32)
+    small = host_buffer((2, 3), torch.float16)
+    a.fill_(1.0)
+    b.fill_(2.0)
+    assert a.shape == (3, 1024, 1024) and a.dtype == torch.float32 and a.is_contiguous()
+    assert a.sum().item() == 3 * 1024 * 1024 and b.sum().item() == 2 * 3 * 1024 * 1024
+    assert small.shape == (2, 3) and small.dtype == torch.float16
