@@ -16,9 +16,9 @@ from datasets.synthetic import write_synthetic
 class DemoSpec:
     """Sized so that a 50-trial study runs in minutes on a 2-core CPU."""
 
-    classes: int = 10
+    classes: int = 20
     clips_per_class: int = 50
-    frames: int = 75
+    frames: int = 60
     dim: int = 64
     seed: int = 0
 
