@@ -103,7 +103,7 @@ def test_three_workers_share_one_budget_exactly(tmp_path, data, pg_study):
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_killed_workers_trial_fails_and_is_retried_with_its_params(tmp_path, data, pg_study):
-    slow = ("--trials", "1", "--epochs", "40", "--heartbeat", "1", "--no-prune")
+    slow = ("--trials", "1", "--epochs", "2000", "--heartbeat", "1", "--no-prune")
     victim = _start(_args(tmp_path, data, pg_study, PG_URL, *slow), tmp_path / "victim.log")
     doomed = _wait_running(PG_URL, pg_study)
     time.sleep(1.5)  # a heartbeat or two recorded
@@ -121,7 +121,7 @@ def test_killed_workers_trial_fails_and_is_retried_with_its_params(tmp_path, dat
 
 
 def _interrupt_then_resume(tmp_path: Path, data, name: str, storage: str) -> None:
-    slow = ("--trials", "2", "--epochs", "40", "--no-prune")
+    slow = ("--trials", "2", "--epochs", "2000", "--no-prune")
     worker = _start(_args(tmp_path, data, name, storage, *slow), tmp_path / "first.log")
     _wait_running(storage, name)
     time.sleep(1.0)
