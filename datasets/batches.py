@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from datasets.cache import FeatureSet
+from datasets.cache import FeatureSet, copy_rows_serial
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,6 @@ PREFETCH_DEPTH = 2  # batches ready ahead of the model
 _COPY_CHUNK_BYTES = 64 << 20  # memmap -> device copy granularity (bounds host memory)
 _HUGE_PAGE_MIN_BYTES = 8 << 20  # host batch buffers from here up are backed by huge pages
 _HUGE_PAGE = 2 << 20
-_TORCH_GRAIN_SIZE = 32768  # at::internal::GRAIN_SIZE: smaller element-wise ops stay serial
 
 
 @dataclass(frozen=True)
@@ -121,7 +120,7 @@ def frames_tensor(frames: np.ndarray) -> torch.Tensor:
 
 
 def host_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """Return an uninitialised CPU tensor; large ones in memory backed by transparent huge pages.
+    """Return a zero-filled CPU tensor; large ones in memory backed by transparent huge pages.
 
     Why: a fresh 100 MB batch buffer (glibc maps large blocks anew each time) costs a page fault
     per 4 KB on first touch, which dominated the copy out of the cache. With huge pages an
@@ -129,9 +128,10 @@ def host_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < _HUGE_PAGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return torch.empty(shape, dtype=dtype)
-    # Private (Python's default anonymous map is shared memory, which gets no huge pages here),
-    # one huge page larger so the buffer can start on a 2 MB boundary.
+        return torch.zeros(shape, dtype=dtype)
+    # A fresh anonymous map reads as zeros, so padding needs no writes. Private: Python's default
+    # anonymous map is shared memory, which gets no huge pages here. One huge page larger, so
+    # the buffer can start on a 2 MB boundary.
     mem = mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     mem.madvise(mmap.MADV_HUGEPAGE)
     raw = np.frombuffer(mem, dtype=np.uint8)  # keeps the map alive as long as the tensor lives
@@ -228,11 +228,6 @@ class BatchLoader:
         # On the CPU the copy out of the cache widens fp16 to dtype in the same pass; for a GPU
         # fp16 travels (half the bytes) and is widened there.
         self._host_dtype = dtype if self.device.type == "cpu" else torch.float16
-        # Copies in pieces below torch's parallel grain size run on the calling thread only.
-        # Why: the copy is memory-bound, and a parallel copy on the prefetch thread fighting the
-        # model's parallel ops made epochs erratic on 2 busy cores (100 to 6000 clips/s, against
-        # a steady ~8000 serial); torch.set_num_threads would change it for every thread.
-        self._piece_rows = max(1, (_TORCH_GRAIN_SIZE - 1) // data.feature_dim)
         clips = np.unique(indices)
         if resident is None:
             resident = self.device.type == "cuda" and _fits_on_device(data, clips, self.device)
@@ -268,19 +263,16 @@ class BatchLoader:
         steps = self._steps[clips]
         shape = (len(clips), int(steps.max()), self.data.feature_dim)  # (batch, time, dim)
         if self._pin:
-            buf = torch.empty(shape, dtype=self._host_dtype, pin_memory=True)
+            buf = torch.zeros(shape, dtype=self._host_dtype, pin_memory=True)
         else:
             buf = host_buffer(shape, self._host_dtype)
-        source, stride, piece = self._source, self.stride, self._piece_rows
+        source, stride = self._source, self.stride
         for row, (start, length, n) in enumerate(
             zip(self._starts[clips].tolist(), self._lengths[clips].tolist(), steps.tolist(),
                 strict=True)
         ):
-            clip = source[start : start + length : stride]  # (n, dim) view into the memmap
-            for a in range(0, n, piece):
-                b = min(n, a + piece)
-                buf[row, a:b].copy_(clip[a:b])
-            buf[row, n:].zero_()
+            # (n, dim) view into the memmap, widened to the buffer's dtype
+            copy_rows_serial(buf[row, :n], source[start : start + length : stride])
         return self._finish(buf, steps, clips)
 
     def _gather(self, clips: np.ndarray) -> Batch:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from datasets import records
 from datasets.errors import DataError
@@ -37,6 +39,7 @@ FRAMES_FILE = "frames.f16"
 META_FILE = "meta.npz"
 MANIFEST_FILE = "manifest.json"
 _BUILD_PREFIX = ".build-"
+TORCH_GRAIN_SIZE = 32768  # at::internal::GRAIN_SIZE: smaller element-wise ops stay serial
 _FP16_FINITE_BELOW = 65520.0  # float32 values from here up round to inf in float16 (max 65504)
 
 
@@ -178,7 +181,7 @@ def _build(paths: list[str], pattern: str, folder: Path, fingerprint: str) -> No
                             f"{where}: frames have {features.shape[1]} features but {first} has "
                             f"{dim}; all clips need one feature size, re-extract or drop the shard"
                         )
-                    out.write(_to_fp16(features, where).tobytes())
+                    out.write(_to_fp16(features, where))
                     offsets.append(offsets[-1] + len(features))
                     labels.append(clip.label)
                     fps.append(clip.fps)
@@ -221,14 +224,33 @@ def _build(paths: list[str], pattern: str, folder: Path, fingerprint: str) -> No
 
 def _to_fp16(features: np.ndarray, where: str) -> np.ndarray:
     """Return features as float16; DataError when a value is not finite or beyond fp16's range."""
-    peak = float(np.abs(features).max())  # NaN propagates, and fails the test below
-    if not peak < _FP16_FINITE_BELOW:
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    lo, hi = float(features.min()), float(features.max())  # NaN propagates, and fails below
+    if not (lo > -_FP16_FINITE_BELOW and hi < _FP16_FINITE_BELOW):
+        peak = max(abs(lo), abs(hi))
         what = f"values up to {peak:g}" if np.isfinite(peak) else "non-finite values (NaN or inf)"
         raise DataError(
             f"{where}: features hold {what}, beyond float16's range (max 65504) used by the "
             "feature cache; fix the extraction or rescale the features"
         )
-    return features.astype(np.float16)
+    # torch rounds like numpy (to nearest even) but ~20x faster than ndarray.astype(float16).
+    half = np.empty(features.shape, dtype=np.float16)
+    copy_rows_serial(torch.from_numpy(half), torch.from_numpy(features))
+    return half
+
+
+def copy_rows_serial(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """Copy src into dst (rows, ...), converting dtype, on the calling thread only.
+
+    Why: torch splits a large copy over its intra-op threads; on a 2-core machine with anything
+    else running, the threads wait on each other and a 1.5 MB fp32->fp16 copy took 5 ms instead
+    of 0.03 ms. Pieces below torch's parallel grain size run serially, and the copy is
+    memory-bound anyway. (torch.set_num_threads would change it for every thread.)
+    """
+    row = max(1, math.prod(src.shape[1:]))
+    piece = max(1, (TORCH_GRAIN_SIZE - 1) // row)
+    for a in range(0, src.shape[0], piece):
+        dst[a : a + piece].copy_(src[a : a + piece])
 
 
 def _discard(folder: Path) -> None:
