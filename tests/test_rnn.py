@@ -17,13 +17,7 @@ from models.rnn import (
 DIM, CLASSES = 8, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP spinning stalls a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def padded_batch(lengths: list[int], time: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
