@@ -212,7 +212,8 @@ def _study(args: argparse.Namespace) -> int:
     settings = TrialSettings(definition=definition, data=data, device=device, seed=seed,
                              epochs=args.epochs or definition.train.epochs,
                              prune=not args.no_prune, tracking=track,
-                             best=BestCheckpoint(out_dir / "best.pt"))
+                             best=BestCheckpoint(out_dir / "best.pt"),
+                             artifact_dir=out_dir / "artifacts")
     if device == "cpu" and args.jobs > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
     print(f"study {name!r} in {url}: {len(data.parts['train'])} train / "
@@ -262,10 +263,10 @@ def _finish(study, settings, out_dir: Path, outcome: str, args: argparse.Namespa
         final, scored_here = score_best(study, settings, out_dir)
         score_baseline(study, settings)
         confusion = np.asarray(final["test"]["confusion"])
-        if scored_here:  # the worker that scored it holds the weights and attaches them
-            png = render_confusion_png(confusion, final["class_names"], out_dir / "confusion.png")
-            attach_best_artifacts(study, final["trial_number"], [png, settings.best.path],
-                                  out_dir / "artifacts")
+        if scored_here:  # the test-split confusion matrix goes to the study (trials are done)
+            png = render_confusion_png(confusion, final["class_names"],
+                                       out_dir / "test-confusion.png")
+            attach_best_artifacts(study, final["trial_number"], [png], settings.artifact_dir)
             where["best checkpoint"] = str(settings.best.path)
             where["final scores"] = str(out_dir / "final.json")
     run_path = tracking.log_study_run(settings.tracking, study, confusion,

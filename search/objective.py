@@ -6,14 +6,17 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
 
 from datasets.batches import BatchLoader
+from models.evaluate import evaluate
 from models.rnn import ModelSpec, build_model
 from models.training import EpochResult, StepResult, TrainConfig, TrainingDiverged, train
+from search.artifacts import attach_best_artifacts, render_confusion_png
 from search.best_checkpoint import BestCheckpoint
 from search.definition import StudyDefinition
 from search.manifest import manifest, trial_seed
@@ -45,6 +48,7 @@ class TrialSettings:
     prune: bool
     tracking: TrackingConfig
     best: BestCheckpoint
+    artifact_dir: Path  # Optuna's artifact store, served by optuna-dashboard --artifact-dir
 
 
 def model_spec(params: dict[str, Any], settings: TrialSettings) -> ModelSpec:
@@ -174,10 +178,24 @@ def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Even
         trial.set_user_attr("examples_per_s", round(result.examples_per_s, 1))
         trial.set_user_attr("best_epoch", result.best_epoch)
         model.load_state_dict(result.best_state)
-        settings.best.offer(trial.study, trial.number, result.best_val_top1, model, spec)
+        if settings.best.offer(trial.study, trial.number, result.best_val_top1, model, spec):
+            _attach_artifacts(trial, model, val_loader, settings)
         finish_as("complete", {"best_val_top1": result.best_val_top1,
                                "best_epoch": result.best_epoch})
     return result.best_val_top1
+
+
+def _attach_artifacts(
+    trial: optuna.Trial, model: torch.nn.Module, val_loader: BatchLoader, settings: TrialSettings
+) -> None:
+    """Attach a new best trial's checkpoint and validation confusion matrix to the trial.
+
+    Done while the trial runs: Optuna takes no artifacts on a finished trial.
+    """
+    confusion = evaluate(model, val_loader, device=settings.device).confusion
+    png = settings.artifact_dir.parent / f"trial-{trial.number}-val-confusion.png"
+    render_confusion_png(confusion, settings.data.class_names, png)
+    attach_best_artifacts(trial.study, trial, [png, settings.best.path], settings.artifact_dir)
 
 
 def _epoch_metrics(r: EpochResult) -> dict[str, float]:

@@ -7,6 +7,7 @@ import math
 
 import optuna
 import pytest
+from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 from study_fixtures import study_args, write_tiny_data
 
@@ -49,6 +50,11 @@ def test_four_trial_study_runs_end_to_end(tmp_path, data, capsys):
     assert json.loads((runs / "final.json").read_text())["trial_number"] == final["trial_number"]
     assert (runs / "best.pt").exists() and (runs / "report.html").exists()
     assert "bag_of_frames_val_top1" in study.user_attrs["baseline"]
+    # The best trial carries its own checkpoint and confusion matrix as Optuna artifacts.
+    served = {m.filename for m in get_all_artifact_meta(study.best_trial, storage=study._storage)}
+    assert served == {"best.pt", f"trial-{study.best_trial.number}-val-confusion.png"}
+    study_files = {m.filename for m in get_all_artifact_meta(study, storage=study._storage)}
+    assert f"trial{study.best_trial.number}-test-confusion.png" in study_files
     # What a person reads: one line per trial and the dashboard command.
     for t in trials:
         assert f"trial {t.number:>3} {t.state.name}" in out
