@@ -18,7 +18,9 @@ from pathlib import Path
 import optuna
 import pytest
 from study_factory import SPACE, curve, make_study
+from study_fixtures import study_args, write_tiny_data
 
+import run_study
 from search.artifacts import attach_best_artifacts
 
 START_TIMEOUT_S = 30.0
@@ -198,3 +200,29 @@ def test_dashboard_reading_a_live_sqlite_study_does_not_fail_trials(tmp_path):
     assert errors == []
     assert len(polls) >= 3 and polls[-1] == n_trials
     assert polls == sorted(polls)  # the dashboard never saw trials disappear
+
+
+@pytest.mark.slow
+def test_dashboard_serves_a_study_made_by_a_tiny_run(tmp_path):
+
+
+    data = write_tiny_data(tmp_path)
+    assert run_study.main(study_args(tmp_path, data, "--trials", "3")) == 0
+    storage_url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.load_study(study_name="tiny", storage=storage_url)
+    artifact_dir = tmp_path / "runs" / "tiny" / "artifacts"
+    with dashboard(storage_url, artifact_dir, tmp_path / "dashboard.log") as base:
+        served = {"base": base, "study": study}
+        study_id, detail = _study_detail(served)
+        trials = {t["number"]: t for t in detail["trials"]}
+        assert sorted(trials) == [0, 1, 2]
+        for t in study.trials:
+            steps = [(v["step"], v["value"]) for v in trials[t.number]["intermediate_values"]]
+            assert steps == sorted(t.intermediate_values.items())
+            keys = {a["key"] for a in trials[t.number]["user_attrs"]}
+            assert {"manifest", "wandb_run", "param_count"} <= keys
+        best = trials[study.best_trial.number]
+        by_name = {a["filename"]: a["artifact_id"] for a in best["artifacts"]}
+        assert set(by_name) == {"best.pt", f"trial-{study.best_trial.number}-val-confusion.png"}
+        url = f"{base}/artifacts/{study_id}/{best['trial_id']}/{by_name['best.pt']}"
+        assert _get(url)[2] == (artifact_dir / by_name["best.pt"]).read_bytes()
