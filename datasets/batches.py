@@ -79,7 +79,9 @@ def _split(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def gather_rows(starts: torch.Tensor, steps: torch.Tensor, stride: int, time: int):
+def gather_rows(
+    starts: torch.Tensor, steps: torch.Tensor, stride: int, time: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (rows, mask), each (batch, time): row = starts[b] + t*stride, valid if t < steps[b].
 
     Masked positions point at the clip's first row, so every gathered row exists.

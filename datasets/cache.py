@@ -6,12 +6,14 @@ Layout of one cache, cache_dir/<fingerprint>/:
     manifest.json  format version, shape, source files (path, size, mtime_ns), decode time
 
 A cache is built in a hidden temp folder next to it and published with one os.rename, so a
-reader sees a whole cache or none, and of two processes building at once one wins and the
-other discards its copy.
+reader sees a whole cache or none. Builders on one machine take turns on a lock file (the
+second finds the cache built); builders that do not share the lock (hosts on a network file
+system) both build, one rename wins and the other discards its copy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,12 +24,20 @@ import socket
 import tempfile
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock, the rename alone keeps concurrent builds safe
+    fcntl = None
 
 from datasets import records
 from datasets.errors import DataError
@@ -39,6 +49,7 @@ FRAMES_FILE = "frames.f16"
 META_FILE = "meta.npz"
 MANIFEST_FILE = "manifest.json"
 _BUILD_PREFIX = ".build-"
+_LOCK_PREFIX = ".lock-"
 TORCH_GRAIN_SIZE = 32768  # at::internal::GRAIN_SIZE: smaller element-wise ops stay serial
 _FP16_FINITE_BELOW = 65520.0  # float32 values from here up round to inf in float16 (max 65504)
 
@@ -102,11 +113,47 @@ def load_features(pattern: str, cache_dir: str | Path = "data/cache") -> Feature
             _discard(target)
     try:
         root.mkdir(parents=True, exist_ok=True)
+        with _build_lock(root, fingerprint):
+            # Another process on this machine may have built it while this one waited.
+            if not (target / MANIFEST_FILE).is_file():
+                _build_and_publish(paths, pattern, root, fingerprint)
     except OSError as err:
-        raise DataError(f"cannot create the feature cache folder {str(root)!r}: {err}") from None
+        raise DataError(
+            f"cannot write the feature cache folder {str(root)!r}: {err}; check its permissions "
+            "or point the cache somewhere else"
+        ) from None
+    return _open_cache(target, fingerprint)
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path, fingerprint: str) -> Iterator[None]:
+    """Hold a lock file while building, so other processes on this machine wait, not decode.
+
+    Processes that do not share the lock (other hosts on a network file system) still build
+    at once safely: the rename in _build_and_publish lets one of them win.
+    """
+    if fcntl is None:
+        yield
+        return
+    with open(root / f"{_LOCK_PREFIX}{fingerprint}", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("another process is building feature cache %s; waiting for it",
+                        root / fingerprint)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build_and_publish(paths: list[str], pattern: str, root: Path, fingerprint: str) -> None:
+    """Decode into a temp folder in root, then rename it to root/fingerprint (one wins)."""
+    target = root / fingerprint
     _remove_dead_builds(root)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_BUILD_PREFIX}{os.getpid()}@{socket.gethostname()}@",
-                                dir=root))
+    prefix = f"{_BUILD_PREFIX}{os.getpid()}@{socket.gethostname()}@"
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
     try:
         _build(paths, pattern, tmp, fingerprint)
         if source_fingerprint(paths) != fingerprint:
@@ -116,9 +163,11 @@ def load_features(pattern: str, cache_dir: str | Path = "data/cache") -> Feature
             )
         try:
             os.rename(tmp, target)
-        except OSError:
+        except OSError as err:
             if not (target / MANIFEST_FILE).is_file():
-                raise
+                raise DataError(
+                    f"cannot publish the feature cache {str(target)!r}: {err}"
+                ) from None
             log.info("another process published feature cache %s first; using it", target)
             shutil.rmtree(tmp, ignore_errors=True)
         else:
@@ -126,7 +175,6 @@ def load_features(pattern: str, cache_dir: str | Path = "data/cache") -> Feature
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return _open_cache(target, fingerprint)
 
 
 class _BrokenCache(Exception):
@@ -234,6 +282,9 @@ def _to_fp16(features: np.ndarray, where: str) -> np.ndarray:
             "feature cache; fix the extraction or rescale the features"
         )
     # torch rounds like numpy (to nearest even) but ~20x faster than ndarray.astype(float16).
+    # Imported here: memory-mapping a built cache, the common case, needs no torch.
+    import torch
+
     half = np.empty(features.shape, dtype=np.float16)
     copy_rows_serial(torch.from_numpy(half), torch.from_numpy(features))
     return half

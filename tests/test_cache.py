@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -58,6 +59,11 @@ class DecodeCounter:
         monkeypatch.setattr(records, "read_clips", counting)
 
 
+def entries(root: Path) -> list[str]:
+    """Names in a cache folder, without the (empty) lock files."""
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith(cache._LOCK_PREFIX))
+
+
 def assert_matches(fs: cache.FeatureSet, clips: list[Clip]) -> None:
     assert len(fs) == len(clips)
     assert fs.lengths.tolist() == [c.sequence_length for c in clips]
@@ -88,7 +94,7 @@ def test_second_load_memory_maps_without_decoding(tmp_path, monkeypatch):
     assert second.fingerprint == first.fingerprint
     assert (tmp_path / "cache" / first.fingerprint / cache.FRAMES_FILE).stat().st_mtime_ns == built
     assert_matches(second, clips)
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [first.fingerprint]
+    assert entries(tmp_path / "cache") == [first.fingerprint]
 
 
 def test_decoding_warns_through_logging(tmp_path, caplog):
@@ -113,7 +119,7 @@ def test_changed_source_rebuilds_and_drops_the_outdated_cache(tmp_path, monkeypa
     assert counter.clips == 6
     assert new.fingerprint != old.fingerprint
     assert_matches(new, make_clips(6, seed=1)[:4] + changed[4:])
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [new.fingerprint]
+    assert entries(tmp_path / "cache") == [new.fingerprint]
     # the old FeatureSet still reads: its memmap outlives the deleted files
     assert old.frames.shape[0] == old.offsets[-1]
 
@@ -138,7 +144,7 @@ def test_values_beyond_fp16_range_are_a_data_error(tmp_path, value):
     pattern = write_shards(tmp_path / "data", clips)
     with pytest.raises(DataError, match=r"part-000.tfrecord: record 2 .*float16"):
         load_features(pattern, tmp_path / "cache")
-    assert list((tmp_path / "cache").iterdir()) == []  # no cache, no temp folder left
+    assert entries(tmp_path / "cache") == []  # no cache, no temp folder left
 
 
 def test_largest_fp16_value_is_kept(tmp_path):
@@ -179,7 +185,7 @@ def test_no_shards_is_a_data_error(tmp_path):
         load_features(str(tmp_path / "nothing-*.tfrecord"), tmp_path / "cache")
 
 
-def _racing_build(pattern: str, cache_dir: str, barrier: str) -> tuple[str, int, float]:
+def _racing_build(pattern: str, cache_dir: str, barrier: str, lock: bool) -> tuple[str, int, float]:
     """Child process: decode slowly, meeting the other child inside decoding, then load."""
     real = records.read_clips
     decoded = 0
@@ -187,7 +193,7 @@ def _racing_build(pattern: str, cache_dir: str, barrier: str) -> tuple[str, int,
     def slow(paths):
         nonlocal decoded
         Path(barrier, str(os.getpid())).touch()
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + (20 if not lock else 0.5)
         while len(os.listdir(barrier)) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         for clip in real(paths):
@@ -195,19 +201,31 @@ def _racing_build(pattern: str, cache_dir: str, barrier: str) -> tuple[str, int,
             yield clip
 
     records.read_clips = slow
+    if not lock:  # as on hosts that share the folder but not the lock (network file system)
+        cache._build_lock = lambda root, fingerprint: contextlib.nullcontext()
     fs = load_features(pattern, cache_dir)
     return fs.fingerprint, decoded, float(np.asarray(fs.frames, dtype=np.float64).sum())
 
 
-def test_two_processes_building_at_once_leave_one_good_cache(tmp_path):
+def race(tmp_path, lock: bool) -> list[tuple[str, int, float]]:
     clips = make_clips(8)
     pattern = write_shards(tmp_path / "data", clips)
     barrier = tmp_path / "barrier"
     barrier.mkdir()
-    args = (pattern, str(tmp_path / "cache"), str(barrier))
+    args = (pattern, str(tmp_path / "cache"), str(barrier), lock)
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         results = pool.starmap(_racing_build, [args, args])
-    assert [r[1] for r in results] == [8, 8]  # both really decoded at the same time
     assert results[0][0] == results[1][0] and results[0][2] == results[1][2]
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [results[0][0]]
+    assert entries(tmp_path / "cache") == [results[0][0]]  # one cache, no temp folders
     assert_matches(load_features(pattern, tmp_path / "cache"), clips)
+    return results
+
+
+def test_two_hosts_building_at_once_leave_one_good_cache(tmp_path):
+    results = race(tmp_path, lock=False)
+    assert [r[1] for r in results] == [8, 8]  # both really decoded at the same time
+
+
+def test_second_process_on_a_machine_waits_for_the_first_build(tmp_path):
+    results = race(tmp_path, lock=True)
+    assert sorted(r[1] for r in results) == [0, 8]  # only one decoded
