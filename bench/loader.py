@@ -230,7 +230,7 @@ IMPORTS = {
     measure_raw: [],
     measure_tfrecord: ["numpy", "tfrecord.reader"],
     measure_records: ["datasets.records"],
-    measure_cache_build: ["datasets.cache"],
+    measure_cache_build: ["torch", "datasets.cache"],
     measure_memmap: ["numpy", "datasets.cache"],
     measure_epoch_first: ["torch", "datasets.batches", "datasets.cache"],
     measure_epoch_next: ["torch", "datasets.batches", "datasets.cache"],
