@@ -92,6 +92,7 @@ def loaders(
             int(params.get("batch_size", 64)),
             stride=int(params.get("stride", 1)),
             shuffle=part == "train",
+            bucket=part == "train",  # shuffled, then sorted by length in chunks: less padding
             seed=seed,
             device=settings.device,
         )
