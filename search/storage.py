@@ -91,14 +91,20 @@ def _connect_with_retries(
                     max_retry=MAX_RETRY
                 ),
             )
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-            if attempt == attempts - 1:
-                raise StudyError(f"cannot create Optuna's tables in {_redact(url)}") from None
-            time.sleep(0.5 + random.random())
         except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
+            if _lost_creation_race(exc) and attempt < attempts - 1:
+                time.sleep(0.5 + random.random())
+                continue
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise StudyError(f"cannot open storage {_redact(url)}: {reason}") from None
     raise AssertionError("unreachable")
+
+
+def _lost_creation_race(exc: Exception) -> bool:
+    """Whether another worker created the same table or row a moment before this one."""
+    text = str(exc).lower()
+    return isinstance(exc, sqlalchemy.exc.IntegrityError) or any(
+        s in text for s in ("already exists", "duplicate key", "database is locked"))
 
 
 @contextlib.contextmanager
@@ -113,7 +119,8 @@ def budget_lock(url: str, study_name: str) -> Iterator[None]:
         if lock_file is None:
             yield
             return
-        with open(f"{lock_file}.lock", "a") as handle:
+        # Not "<file>.lock": Optuna's journal backend takes that name for its own lock.
+        with open(f"{lock_file}.budget-lock", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield

@@ -108,3 +108,14 @@ def test_seeded_studies_give_the_same_trials(tmp_path, data):
         results.append([(t.params, t.value, t.state) for t in _load(root).trials])
     assert results[0] == results[1]
     assert all(v is not None and not math.isnan(v) for _, v, _ in results[0])
+
+
+@pytest.mark.slow
+def test_journal_file_storage_is_accepted(tmp_path, data):
+    args = study_args(tmp_path, data, "--trials", "2")
+    journal = tmp_path / "study.log"
+    args[args.index("--storage") + 1] = f"journal:///{journal}"
+    assert run_study.main(args) == 0
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal)))
+    assert len(optuna.load_study(study_name="tiny", storage=storage).trials) == 2
