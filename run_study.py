@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     from search.tracking import TrackingError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # wandb prints three lines per run; the summary gives the one command that matters (sync).
+    os.environ.setdefault("WANDB_SILENT", "true")
     try:
         if argv[:1] == ["report"]:
             return _report(build_report_parser().parse_args(argv[1:]))
