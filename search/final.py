@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,6 @@ from models.rnn import ModelSpec, build_model
 from models.training import TrainConfig, train
 from search.objective import TrialSettings, loaders, model_spec, train_config
 from search.space import suggest
-
-log = logging.getLogger(__name__)
 
 BASELINE_LR = 1e-2
 

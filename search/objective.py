@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -24,8 +23,6 @@ from search.pruning import explain_prune
 from search.space import suggest
 from search.study_data import StudyData
 from search.tracking import TrackingConfig, TrialRun
-
-log = logging.getLogger(__name__)
 
 
 class TrialFailed(Exception):

@@ -119,3 +119,20 @@ def test_journal_file_storage_is_accepted(tmp_path, data):
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(journal)))
     assert len(optuna.load_study(study_name="tiny", storage=storage).trials) == 2
+
+
+@pytest.mark.slow
+def test_final_score_is_the_same_when_the_best_trial_is_retrained(tmp_path, data):
+    """A worker without the best trial's weights retrains it; on the CPU the seed makes it the
+    same model, so the test score matches the one from the saved weights."""
+    assert run_study.main(study_args(tmp_path, data, "--trials", "3", "--no-prune")) == 0
+    study = _load(tmp_path)
+    reloaded = study.user_attrs["final"]
+    assert reloaded["weights"] == "reloaded"
+    (tmp_path / "runs" / "tiny" / "best.pt").unlink()
+    study.set_user_attr("final", None)
+    assert run_study.main(study_args(tmp_path, data, "--trials", "3", "--no-prune")) == 0
+    retrained = _load(tmp_path).user_attrs["final"]
+    assert retrained["weights"] == "retrained"
+    assert retrained["trial_number"] == reloaded["trial_number"]
+    assert retrained["test"] == reloaded["test"]
