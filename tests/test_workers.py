@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 from study_fixtures import study_args, write_tiny_data
+from wandb_offline import offline_runs
 
 from datasets.cache import load_features
 
@@ -120,8 +121,10 @@ def test_killed_workers_trial_fails_and_is_retried_with_its_params(tmp_path, dat
     assert retry.system_attrs["failed_trial"] == doomed.number
 
 
-def _interrupt_then_resume(tmp_path: Path, data, name: str, storage: str) -> None:
-    slow = ("--trials", "2", "--epochs", "2000", "--no-prune")
+def _interrupt_then_resume(
+    tmp_path: Path, data, name: str, storage: str, wandb: str = "disabled"
+) -> None:
+    slow = ("--trials", "2", "--epochs", "2000", "--no-prune", "--wandb-mode", wandb)
     worker = _start(_args(tmp_path, data, name, storage, *slow), tmp_path / "first.log")
     _wait_running(storage, name)
     time.sleep(1.0)
@@ -133,6 +136,9 @@ def _interrupt_then_resume(tmp_path: Path, data, name: str, storage: str) -> Non
     interrupted = trials[0]
     assert interrupted.state == TrialState.FAIL
     assert "interrupted" in interrupted.user_attrs["fail_reason"]
+    if wandb == "offline":  # the interrupted trial's W&B run was closed, as failed
+        (run,) = [r for r in offline_runs(tmp_path / "runs" / name) if r.job_type == "trial"]
+        assert run.exit_code is not None and run.summary["trial_state"] == "failed"
     # The same command resumes: the interrupted trial's params run again, 2 trials counted.
     again = _start(_args(tmp_path, data, name, storage, *slow[:2], "--epochs", "2"),
                    tmp_path / "second.log")
@@ -153,8 +159,9 @@ def test_ctrl_c_fails_the_trial_in_flight_and_the_study_resumes(tmp_path, data, 
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_sqlite_resumes_too(tmp_path, data):
-    _interrupt_then_resume(tmp_path, data, "tiny", f"sqlite:///{tmp_path / 'study.db'}")
+def test_ctrl_c_on_sqlite_closes_the_wandb_run_and_resumes(tmp_path, data):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    _interrupt_then_resume(tmp_path, data, "tiny", storage, wandb="offline")
 
 
 @pytest.mark.slow
