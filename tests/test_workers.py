@@ -88,7 +88,8 @@ def test_three_workers_share_one_budget_exactly(tmp_path, data, pg_study):
     workers = []
     for i in range(3):
         (tmp_path / str(i)).mkdir()
-        args = _args(tmp_path / str(i), data, pg_study, PG_URL, "--trials", "7")
+        args = _args(tmp_path / str(i), data, pg_study, PG_URL, "--trials", "7", "--epochs", "40",
+                     "--no-prune")
         workers.append(_start(args, tmp_path / f"w{i}.log"))
     codes = [w.wait(timeout=300) for w in workers]
     assert codes == [0, 0, 0], [(tmp_path / f"w{i}.log").read_text()[-2000:] for i in range(3)]
