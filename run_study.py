@@ -179,7 +179,7 @@ def _study(args: argparse.Namespace) -> int:
     from search import console, tracking
     from search.best_checkpoint import BestCheckpoint
     from search.manifest import trial_seed
-    from search.objective import TrialSettings, objective
+    from search.objective import TrialSettings, loaders, objective
     from search.runner import counted_trials, run_trials
     from search.storage import open_storage
     from search.study import make_sampler, open_study
@@ -218,6 +218,9 @@ def _study(args: argparse.Namespace) -> int:
                              artifact_dir=out_dir / "artifacts")
     if device == "cpu" and args.jobs > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
+    # On a GPU the train and validation clips are copied to the device once, here, and every
+    # trial's loaders find this copy (datasets.batches shares it while anyone holds it).
+    resident = loaders({}, settings, seed, ("train", "val")) if device != "cpu" else []
     print(f"study {name!r} in {url}: {len(data.parts['train'])} train / "
           f"{len(data.parts['val'])} val / {len(data.parts['test'])} test clips, "
           f"{data.features.feature_dim}-d, device {device}, W&B {mode}")
@@ -241,6 +244,7 @@ def _study(args: argparse.Namespace) -> int:
                                                             trial_seed(seed, n)))
     bar.close()
     where = _finish(study, settings, out_dir, outcome.reason, args)
+    del resident  # held until the final scoring is done
     print(console.summary(
         study, wall_s=time.perf_counter() - started, outcome=outcome.reason, storage_url=url,
         where=where, dashboard_cmd=_dashboard_command(url, out_dir),
