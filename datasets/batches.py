@@ -160,10 +160,15 @@ _RESIDENT_LOCK = threading.Lock()
 _RESIDENT: weakref.WeakValueDictionary[tuple, _ResidentFrames] = weakref.WeakValueDictionary()
 
 
-def _resident_frames(data: FeatureSet, clips: np.ndarray, device: torch.device) -> _ResidentFrames:
+def _resident_key(data: FeatureSet, clips: np.ndarray, device: torch.device) -> tuple:
     # The fingerprint names the content (hash of the source files), so separately loaded
     # FeatureSets of the same cache share one copy.
-    key = (data.fingerprint, data.frames.shape, str(device), hashlib.sha1(clips.tobytes()).digest())
+    clips_digest = hashlib.sha1(clips.tobytes()).digest()
+    return (data.fingerprint, data.frames.shape, str(device), clips_digest)
+
+
+def _resident_frames(data: FeatureSet, clips: np.ndarray, device: torch.device) -> _ResidentFrames:
+    key = _resident_key(data, clips, device)
     with _RESIDENT_LOCK:
         found = _RESIDENT.get(key)
         if found is None:
@@ -232,7 +237,10 @@ class BatchLoader:
         self._host_dtype = dtype if self.device.type == "cpu" else torch.float16
         clips = np.unique(indices)
         if resident is None:
-            resident = self.device.type == "cuda" and _fits_on_device(data, clips, self.device)
+            # A copy already on the device counts as fitting: it is shared, not made again.
+            resident = self.device.type == "cuda" and (
+                _resident_key(data, clips, self.device) in _RESIDENT
+                or _fits_on_device(data, clips, self.device))
         self._resident = _resident_frames(data, clips, self.device) if resident else None
         log.debug(
             "BatchLoader: %d clips, batch %d, stride %d, %s mode on %s",
