@@ -150,7 +150,8 @@ def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Even
             if settings.prune and trial.should_prune():
                 reason = explain_prune(trial, result.epoch, best_so_far)
                 trial.set_user_attr("prune_reason", reason)
-                run.finish("pruned", {"pruned_epoch": result.epoch, **_prefixed(reason)})
+                run.finish("pruned", {"pruned_epoch": result.epoch, "best_val_top1": best_so_far,
+                                      **_prefixed(reason)})
                 raise optuna.TrialPruned(reason["text"])
 
         def finish_as(state: str, summary: dict[str, Any]) -> None:
@@ -163,7 +164,8 @@ def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Even
         except TrainingDiverged as exc:
             reason = {"epoch": exc.epoch, "text": exc.reason}
             trial.set_user_attr("prune_reason", reason)
-            finish_as("pruned", {"pruned_epoch": exc.epoch, "prune/text": exc.reason})
+            scored = {"best_val_top1": best_so_far} if best_so_far > float("-inf") else {}
+            finish_as("pruned", {"pruned_epoch": exc.epoch, "prune/text": exc.reason, **scored})
             raise optuna.TrialPruned(exc.reason) from None
         except torch.cuda.OutOfMemoryError as exc:
             reason = f"CUDA out of memory: {str(exc).splitlines()[0]}"

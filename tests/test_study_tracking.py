@@ -34,14 +34,17 @@ def test_every_trial_logs_one_closed_run_with_its_state(tmp_path, data, capsys):
     study.enqueue_trial({"cell": "gru", "layers": 1, "hidden": 8, "lr": 1e6, "clip_norm": 1.0})
     study.enqueue_trial({"cell": "gru", "layers": 1, "hidden": 10**7, "lr": 1e-3,
                          "clip_norm": 1.0})
-    assert run_study.main(_offline_args(tmp_path, data, "--trials", "5")) == 0
+    # And one the median rule stops: it cannot learn.
+    study.enqueue_trial({"cell": "gru", "layers": 1, "hidden": 8, "lr": 1e-9, "clip_norm": 1.0})
+    assert run_study.main(_offline_args(tmp_path, data, "--trials", "6")) == 0
     out = capsys.readouterr().out
     trials = _study(tmp_path).trials
-    assert [t.state for t in trials[3:]] == [TrialState.PRUNED, TrialState.FAIL]
+    assert [t.state for t in trials[3:]] == [TrialState.PRUNED, TrialState.FAIL,
+                                             TrialState.PRUNED]
 
     runs = offline_runs(tmp_path / "runs" / "tiny")
     by_name = {r.name: r for r in runs if r.job_type == "trial"}
-    assert sorted(by_name) == [f"trial-{n}" for n in range(5)]
+    assert sorted(by_name) == [f"trial-{n}" for n in range(6)]
     for t in trials:
         run = by_name[f"trial-{t.number}"]
         assert run.group == "tiny" and run.project == "tiny-tests"
@@ -55,6 +58,10 @@ def test_every_trial_logs_one_closed_run_with_its_state(tmp_path, data, capsys):
         logged = {row["epoch"]: v for v, row in run.column("val/top1")}
         assert logged == {int(k): v for k, v in t.intermediate_values.items()}
     assert by_name["trial-3"].summary["trial_state"] == "pruned"
+    dull = by_name["trial-5"].summary
+    assert dull["trial_state"] == "pruned"
+    assert dull["best_val_top1"] == pytest.approx(max(trials[5].intermediate_values.values()))
+    assert dull["prune/median"] > dull["prune/value"] and dull["pruned_epoch"] >= 1
     assert "loss exploded" in by_name["trial-3"].summary["prune/text"]
     assert by_name["trial-4"].summary["trial_state"] == "failed"
     assert by_name["trial-4"].exit_code == 1
@@ -68,7 +75,7 @@ def test_every_trial_logs_one_closed_run_with_its_state(tmp_path, data, capsys):
     assert study_runs and all(r.group == "tiny" for r in study_runs)
     (table_file,) = sorted(study_runs[-1].dir.rglob("files/media/table/**/trials*.table.json"))
     table = read_table(table_file)
-    assert sorted(row["number"] for row in table) == list(range(5))
+    assert sorted(row["number"] for row in table) == list(range(6))
     assert "wandb sync" in out
 
 
