@@ -7,6 +7,7 @@ import math
 
 import optuna
 import pytest
+import torch
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 from study_fixtures import study_args, write_tiny_data
@@ -136,3 +137,14 @@ def test_final_score_is_the_same_when_the_best_trial_is_retrained(tmp_path, data
     assert retrained["weights"] == "retrained"
     assert retrained["trial_number"] == reloaded["trial_number"]
     assert retrained["test"] == reloaded["test"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_two_trials_at_once_share_one_gpu(tmp_path, data):
+    args = study_args(tmp_path, data, "--trials", "4", "--jobs", "2", "--no-prune")
+    args[args.index("--device") + 1] = "cuda"
+    assert run_study.main(args) == 0
+    trials = _load(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert all(t.user_attrs["manifest"]["device"] != "cpu" for t in trials)
