@@ -60,7 +60,7 @@ def open_storage(
         )
     engine_kwargs: dict = {}
     if url.startswith("sqlite:"):
-        _sqlite_parent(url).mkdir(parents=True, exist_ok=True)
+        _sqlite_file(url).parent.mkdir(parents=True, exist_ok=True)
         # Several workers and a dashboard share one file: wait for the lock instead of failing.
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
     else:
@@ -149,10 +149,6 @@ def _pg_advisory_lock(url: str, study_name: str) -> Iterator[None]:
 
 def _sqlite_file(url: str) -> Path:
     return Path(url.split(":///", 1)[1]) if ":///" in url else Path("optuna.db")
-
-
-def _sqlite_parent(url: str) -> Path:
-    return _sqlite_file(url).parent
 
 
 def _redact(url: str) -> str:
