@@ -312,7 +312,15 @@ def _context_value(buf: _Buf, start: int, end: int) -> tuple[str | None, list[An
     if kind is None:
         return None, []
     if kind == _BYTES:
-        return "bytes_list", [bytes(buf[x:y]) for f, w, x, y in _fields(buf, a, b) if f == 1]
+        values = []
+        for field, wire, x, y in _fields(buf, a, b):
+            if field == 1 and wire != _LEN:
+                # protobuf keeps a value of the wrong wire type as an unknown field, so the
+                # list would be shorter than the bytes suggest: leave the verdict to it.
+                raise _Unusual
+            if field == 1:
+                values.append(bytes(buf[x:y]))
+        return "bytes_list", values
     a, b = _packed(buf, a, b)
     if kind == _FLOAT:
         if (b - a) % 4:
