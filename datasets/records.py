@@ -479,6 +479,32 @@ class _DimCheck:
             )
 
 
+def _check_padding(labels: Any, length: int, filename: str, where: str) -> None:
+    """Refuse a record whose frames past sequence_length are not all padding (one label 0).
+
+    Only the label is checked, not that the features are zero: label 0 is the contract's own
+    padding marker, and a real frame cut off by a wrong sequence_length carries its class id
+    1..101, so one integer per frame catches it. Proving the features zero would read every
+    dropped float, as much as decoding them, for writers that pad with zeros anyway.
+    """
+    if isinstance(labels, np.ndarray):  # (stored, 1) from the fast path
+        bad = np.flatnonzero(labels[length:, 0] != 0)
+        if not bad.size:
+            return
+        i = length + int(bad[0])
+        found = f"label {int(labels[i, 0])}"
+    else:
+        i = next((j for j in range(length, len(labels)) if list(labels[j]) != [0]), -1)
+        if i < 0:
+            return
+        found = f"labels {list(labels[i])}"
+    raise DataError(
+        f"{where}: clip {filename!r} has sequence_length {length} but stored frame {i} past it "
+        f"holds {found}, not the padding label 0; fix sequence_length (or the labels) and "
+        "re-write the shard"
+    )
+
+
 def _to_clip(parsed: _Parsed, where: str, dims: _DimCheck) -> Clip:
     length = _one(parsed, "sequence_length", "int64_list", where)
     filename = _text(_one(parsed, "filename", "bytes_list", where), "filename", where)
@@ -528,6 +554,7 @@ def _to_clip(parsed: _Parsed, where: str, dims: _DimCheck) -> Clip:
         real = np.array([lab[0] for lab in labels[:length]], dtype=np.int64)
     else:
         real = labels[:length, 0]
+    _check_padding(labels, length, filename, where)
     label = int(real[0])
     if not 1 <= label <= NUM_CLASSES:
         raise DataError(

@@ -331,6 +331,42 @@ def test_sequence_length_beyond_stored_frames_is_an_error(tmp_path: Path):
         list(read_clips(str(path)))
 
 
+@pytest.mark.parametrize("pad_to", [None, 60])
+def test_real_frames_past_sequence_length_are_refused_naming_file_and_record(
+    tmp_path: Path, pad_to: int | None
+):
+    clips = make_clips(2, max_len=40)
+    example = example_of(clips[1], pad_to=pad_to)
+    cut = clips[1].sequence_length - 1  # the last real frame now lies past sequence_length
+    example.context.feature["sequence_length"].int64_list.value[0] = cut
+    record = example.SerializeToString()
+    path = write_records(tmp_path / "s", [encode_clip(clips[0]), record])
+    message = f"sequence_length {cut} but stored frame {cut} past it holds label {clips[1].label}"
+    with pytest.raises(DataError, match=error_at(path, 1) + ".*" + re.escape(message)):
+        list(read_clips(str(path)))
+    with pytest.raises(DataError, match=re.escape(f"stored frame {cut} past it holds labels")):
+        parse_record_with_protobuf(record)
+
+
+def test_frame_past_sequence_length_without_a_label_is_refused_by_the_fallback(tmp_path: Path):
+    example = example_of(make_clips(1, max_len=40)[0], pad_to=50)
+    del example.feature_lists.feature_list["labels"].feature[45].int64_list.value[:]
+    path = write_records(tmp_path / "s", [example.SerializeToString()])
+    with pytest.raises(
+        DataError, match=error_at(path, 0) + ".*frame 45 past it holds labels \\[\\]"
+    ):
+        list(read_clips(str(path)))
+
+
+def test_padding_past_sequence_length_with_label_zero_is_dropped(tmp_path: Path):
+    clip = make_clips(1, max_len=40)[0]
+    example = example_of(clip, pad_to=50)
+    # Padding whose features are not zero is still padding: label 0 is the marker.
+    example.feature_lists.feature_list["features"].feature[45].float_list.value[0] = 3.0
+    path = write_records(tmp_path / "s", [example.SerializeToString()])
+    assert_same([clip], list(read_clips(str(path))))
+
+
 @pytest.mark.parametrize("bad", [0, 102, -1])
 def test_label_out_of_range_is_an_error(tmp_path: Path, bad: int):
     example = example_of(make_clips(1)[0])
