@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import glob
 import gzip
+import hashlib
 import logging
 import os
 import struct
@@ -115,6 +116,45 @@ def _open_shard(path: str) -> tuple[IO[bytes], bool]:
         raw.close()
         return gzip.open(path, "rb"), True
     return raw, False
+
+
+def framing_digest(path: str) -> bytes:
+    """Return a digest that changes with a shard's content, reading ~16 bytes per record.
+
+    A plain shard: every record's length and data CRC (the CRC32C of its bytes, which the
+    writer stored), found by hopping from header to header, so a change anywhere in a record
+    changes it without reading the record. A GZIP shard cannot be hopped through without
+    decompressing it, so its first and last 64 KiB stand in: the GZIP trailer holds the
+    CRC-32 and size of the whole decompressed member (one member is what write_clips and
+    TensorFlow write). Framing that does not add up (a corrupt or foreign file) falls back to
+    those blocks too; decoding then reports the file. Raises OSError when the file cannot be read.
+    """
+    block = 1 << 16
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        digest.update(struct.pack("<Q", size))
+        head = f.read(12)
+        pos = 0
+        while not _is_gzip(path, head):
+            if len(head) < 12 or _masked_crc(head[:8]) != struct.unpack("<I", head[8:])[0]:
+                break  # bad framing: hash the blocks below
+            (length,) = struct.unpack("<Q", head[:8])
+            end = pos + 12 + length
+            f.seek(end)
+            tail = f.read(16)  # this record's data CRC, then the next record's header
+            if len(tail) < 4:
+                break
+            digest.update(head[:8] + tail[:4])
+            pos, head = end + 4, tail[4:]
+            if pos == size:
+                return digest.digest()
+        digest.update(b"blocks")
+        f.seek(0)
+        digest.update(f.read(block))
+        f.seek(max(0, size - block))
+        digest.update(f.read(block))
+    return digest.digest()
 
 
 def _fill(stream: IO[bytes], buffer: bytearray, size: int) -> int:
