@@ -109,8 +109,7 @@ def build_report_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     argv = sys.argv[1:] if argv is None else argv
-    from datasets.errors import DataError
-    from search.errors import StudyError
+    from datasets.errors import UserError
     from search.tracking import TrackingError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -120,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["report"]:
             return _report(build_report_parser().parse_args(argv[1:]))
         return _study(build_parser().parse_args(argv))
-    except (DataError, StudyError, TrackingError) as exc:
+    except (UserError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before any trial started: nothing to clean up

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from datasets import records, ucf101
-from datasets.errors import DataError
+from datasets.errors import DataError, UserError
 from datasets.ucf101 import NUM_CLASSES
 
 log = logging.getLogger(__name__)
@@ -815,7 +815,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Log lines (skipped videos) go above the progress bar instead of through it.
         with logging_redirect_tqdm():
             result = extract(cfg, progress=True)
-    except DataError as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

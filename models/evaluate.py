@@ -91,8 +91,8 @@ def worst_classes(ev: Evaluation, n: int) -> list[tuple[int, float, int, int]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: evaluate a checkpoint on one part of the data; returns the exit status."""
-    from datasets.errors import DataError
-    from models.checkpoint import CheckpointError, load_checkpoint
+    from datasets.errors import UserError
+    from models.checkpoint import load_checkpoint
     from models.train import DEFAULT_DATA, open_parts, resolve_device
 
     parser = argparse.ArgumentParser(
@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parts=(args.part,),
             input_dim=spec.input_dim,
         )
-    except (DataError, CheckpointError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     device = resolve_device(args.device)
