@@ -632,6 +632,9 @@ def mutants(nodes: list[Node]) -> list[tuple[str, bytes]]:
         for other in others:
             if other[0] != kind:
                 out.append((f"{path} {kind} -> {other[0]}", replaced(nodes, path, [other])))
+        if kind == "bytes":  # a packed run (or a string) that ends in a cut varint
+            cut_run: Node = ("bytes", field, value + b"\x80")  # type: ignore[operator]
+            out.append((f"{path} payload then 80", replaced(nodes, path, [cut_run])))
         out.append(
             (f"{path} wrapped", replaced(nodes, path, [("msg", field, [node_at(nodes, path)])]))
         )
