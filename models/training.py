@@ -242,12 +242,16 @@ def _forward_loss(model: nn.Module, features: Tensor, lengths: Tensor, labels: T
 def train(
     model: nn.Module,
     train_loader: BatchLoader,
-    val_loader: BatchLoader,
+    val_loader: BatchLoader | None,
     config: TrainConfig,
     on_epoch: Callable[[EpochResult], None] | None = None,
     on_step: Callable[[StepResult], None] | None = None,
 ) -> TrainResult:
-    """Train model in place and return every epoch's figures and the best epoch's weights."""
+    """Train model in place and return every epoch's figures and the best epoch's weights.
+
+    val_loader None: no validation at all (a refit on train + validation before the test):
+    exactly config.epochs epochs, the last epoch's weights are the result, val figures nan.
+    """
     if len(train_loader) == 0:
         raise ValueError("train: the training loader yields no batches")
     device = torch.device(config.device)
@@ -321,14 +325,18 @@ def train(
             done += new
             train_seconds = time.perf_counter() - start
             seen, train_loss, train_top1 = _summary(done)
-            val = evaluate(model, val_loader, device, amp=config.amp)
+            if val_loader is None:
+                val_loss = val_top1 = val_top5 = math.nan
+            else:
+                val = evaluate(model, val_loader, device, amp=config.amp)
+                val_loss, val_top1, val_top5 = val.loss, val.top1, val.top5
             result = EpochResult(
                 epoch=epoch,
                 train_loss=train_loss,
                 train_top1=train_top1,
-                val_loss=val.loss,
-                val_top1=val.top1,
-                val_top5=val.top5,
+                val_loss=val_loss,
+                val_top1=val_top1,
+                val_top5=val_top5,
                 examples_per_s=seen / train_seconds,
                 max_grad_norm=max(s.grad_norm for s in done),
                 seconds=time.perf_counter() - start,
@@ -342,7 +350,8 @@ def train(
                 epoch, result.train_loss, result.train_top1, result.val_loss, result.val_top1,
                 result.val_top5, result.examples_per_s, result.max_grad_norm,
             )
-            if best is None or (result.val_top1, -result.val_loss) > (
+            # without validation every epoch is the newest best: the last one is the result
+            if val_loader is None or best is None or (result.val_top1, -result.val_loss) > (
                 best.val_top1, -best.val_loss
             ):
                 best = result

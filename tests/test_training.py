@@ -141,6 +141,31 @@ def test_best_epoch_is_highest_val_top1_then_lowest_val_loss_and_model_keeps_it(
     assert all(v.device.type == "cpu" for v in result.best_state.values())
 
 
+def test_without_validation_trains_every_epoch_and_keeps_the_last_epochs_weights():
+    data, val = tiny_set(seed=0), tiny_set(seed=0, noise=3.0, shuffle=False)
+    config = TrainConfig(lr=1e-2, epochs=6, seed=0)
+    last_with_val: dict = {}
+
+    def keep_last(_r):
+        last_with_val.update({k: v.detach().clone() for k, v in model_v.state_dict().items()})
+
+    model_v = make_model(cell="gru", layers=1)
+    with_val = train(model_v, data, val, config, on_epoch=keep_last)
+    assert with_val.best_epoch < 6  # otherwise "last" and "best" could not be told apart
+
+    model = make_model(cell="gru", layers=1)
+    result = train(model, data, None, config)
+    assert [r.epoch for r in result.epochs] == [1, 2, 3, 4, 5, 6]
+    assert result.best_epoch == 6
+    assert math.isnan(result.best_val_top1)
+    assert all(math.isnan(r.val_loss) and math.isnan(r.val_top1) and math.isnan(r.val_top5)
+               for r in result.epochs)
+    # validation draws no random numbers: the same training run, minus the scoring
+    assert [r.train_loss for r in result.epochs] == [r.train_loss for r in with_val.epochs]
+    assert all(torch.equal(model.state_dict()[k], last_with_val[k]) for k in last_with_val)
+    assert all(torch.equal(result.best_state[k], last_with_val[k]) for k in last_with_val)
+
+
 def test_callbacks_run_per_epoch_and_every_log_every_steps_and_errors_propagate():
     data = tiny_set(batch_size=4)  # 4 steps per epoch
     epochs: list[EpochResult] = []
