@@ -1,0 +1,101 @@
+"""The pruning audit: Wilson interval maths and re-runs of a real tiny study's pruned trials."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+from study_fixtures import study_args, write_tiny_data
+
+import run_study
+from search.audit import wilson_interval
+
+
+@pytest.mark.parametrize(
+    ("successes", "n", "low", "high"),
+    [  # by hand: (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), z = 1.95996
+        (3, 10, 0.10779, 0.60322),
+        (0, 10, 0.0, 0.27753),
+        (10, 10, 0.72247, 1.0),
+        (1, 2, 0.09453, 0.90547),
+    ],
+)
+def test_wilson_interval_matches_hand_computed_values(successes, n, low, high):
+    got = wilson_interval(successes, n)
+    assert got == pytest.approx((low, high), abs=5e-5)
+
+
+def test_wilson_interval_of_no_trials_is_uninformative():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, one_torch_thread):
+    """A real 3-trial tiny study, then two pruned trials added by hand: one the pruner stopped
+    (the best complete trial's params and seed, so its re-run must reproduce that value) and
+    one that diverged (which the audit must leave out)."""
+    root = tmp_path_factory.mktemp("audit")
+    data = write_tiny_data(root)
+    args = study_args(root, data, "--trials", "3", "--no-prune")
+    assert run_study.main(args) == 0
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{root / 'study.db'}")
+    best = study.best_trial
+    dists = best.distributions
+    for reason in ({"epoch": 1, "value": 0.01, "median": 0.3, "n_trials": 3},
+                   {"epoch": 1, "text": "loss became nan at epoch 1 step 2"}):
+        study.add_trial(create_trial(
+            state=TrialState.PRUNED, params=best.params, distributions=dists,
+            intermediate_values={1: 0.01},
+            user_attrs={"manifest": best.user_attrs["manifest"], "prune_reason": reason},
+        ))
+    return root, data, study, args
+
+
+def test_audit_reruns_pruned_trial_to_its_full_budget_without_adding_trials(finished, capsys):
+    root, _, study, args = finished
+    before = len(study.get_trials(deepcopy=False))
+    pruned_number = before - 2
+    assert run_study.main(["audit", "--sample", "5", *_flags(args)]) == 0
+    out = capsys.readouterr().out
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{root / 'study.db'}")
+    assert len(study.get_trials(deepcopy=False)) == before  # re-runs are not trials
+    record = study.user_attrs["audit"]
+    assert record == json.loads((root / "runs" / "tiny" / "audit.json").read_text())
+    values = sorted(t.value for t in study.trials if t.state == TrialState.COMPLETE)
+    assert record["median"] == values[1] and record["best"] == values[2]
+    # The diverged trial is not a pruner's decision: only the other one is audited.
+    assert record["pruned"] == 1 and record["audited"] == 1
+    (rerun,) = record["reruns"]
+    assert rerun["trial_number"] == pruned_number
+    assert rerun["pruned_epoch"] == 1 and rerun["value_when_pruned"] == 0.01
+    # Same params, same seed, same rule: the re-run reproduces the best trial on the CPU.
+    assert rerun["final_value"] == pytest.approx(study.best_value, abs=1e-9)
+    assert rerun["epochs"] == study.best_trial.user_attrs["epochs_run"]
+    beat = study.best_value > values[1]
+    assert rerun["beat_median"] is beat and rerun["beat_best"] is False
+    assert record["beat_median"] == int(beat)
+    assert record["false_prune_rate"] == float(beat)
+    assert record["interval95"] == pytest.approx(list(wilson_interval(int(beat), 1)))
+    assert "false-prune rate" in out and f"{pruned_number:>5}" in out
+
+
+def test_audit_of_a_study_without_completed_trials_is_a_user_error(tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="tiny", storage=storage, direction="maximize")
+    data = write_tiny_data(tmp_path)
+    args = study_args(tmp_path, data)
+    assert run_study.main(["audit", *_flags(args)]) == 2
+    assert "no completed trial" in capsys.readouterr().err
+
+
+def _flags(study_flags: list[str]) -> list[str]:
+    """Keep the flags audit/evaluate share with a study run (not --trials, --no-prune, ...)."""
+    keep = {"--study", "--study-name", "--storage", "--data", "--out-dir", "--device"}
+    out = []
+    for flag, value in itertools.pairwise(study_flags):
+        if flag in keep:
+            out += [flag, value]
+    return out
