@@ -29,13 +29,6 @@ def bootstrap_interval(
     return float(low), float(high)
 
 
-def correctness(confusion: np.ndarray) -> np.ndarray:
-    """Return one 0/1 entry per scored clip (right / wrong) from a confusion matrix."""
-    confusion = np.asarray(confusion)
-    right = int(np.trace(confusion))
-    return np.repeat([1.0, 0.0], [right, int(confusion.sum()) - right])
-
-
 def evaluate_splits(
     params: dict[str, Any],
     settings: TrialSettings,
@@ -57,7 +50,7 @@ def evaluate_splits(
                          lists_dir=data_spec.lists_dir)
         parts = split_parts(settings.data.features.filenames, spec)
         refit = refit_and_score(params, settings, seed, epochs, parts)
-        low, high = bootstrap_interval(correctness(refit.test.confusion), draws, seed=split)
+        low, high = bootstrap_interval(refit.test.correct, draws, seed=split)
         per_split.append({
             "split": split,
             "top1": float(refit.test.top1),
