@@ -375,7 +375,7 @@ def _study(args: argparse.Namespace) -> int:
                                     or definition.tracking.project, group=name, dir=str(out_dir),
                                     entity=definition.tracking.entity)
     settings = TrialSettings(definition=definition, data=data, device=device, seed=seed,
-                             epochs=args.epochs or definition.train.epochs,
+                             epochs=args.epochs or definition.train.max_epochs,
                              prune=not args.no_prune, tracking=track,
                              best=BestCheckpoint(out_dir / "best.pt"),
                              artifact_dir=out_dir / "artifacts")
