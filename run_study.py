@@ -240,7 +240,7 @@ def _finished_study(args: argparse.Namespace):
     settings = TrialSettings(
         definition=definition, data=data, device=device,
         seed=int(study.user_attrs.get("seed", definition.sampler.seed)),
-        epochs=definition.train.epochs, prune=False,
+        epochs=definition.train.max_epochs, prune=False,
         tracking=TrackingConfig(mode="disabled", project=definition.tracking.project,
                                 group=name, dir=str(out_dir)),
         best=BestCheckpoint(out_dir / "best.pt"), artifact_dir=out_dir / "artifacts")

@@ -113,7 +113,7 @@ def hand_arm(pattern: str, quick: bool, device: str, work: Path) -> dict[str, An
     data = load_study_data(definition.data, pattern, False)
     settings = TrialSettings(
         definition=definition, data=data, device=_device(device), seed=0,
-        epochs=definition.train.epochs, prune=False,
+        epochs=definition.train.max_epochs, prune=False,
         tracking=TrackingConfig(mode="disabled", project="bench", group="hand", dir=str(work)),
         best=BestCheckpoint(work / "hand-best.pt"), artifact_dir=work / "hand-artifacts")
     params, epochs = (QUICK_HAND, QUICK_HAND_EPOCHS) if quick else (HAND, HAND_EPOCHS)

@@ -73,8 +73,9 @@ def rerun(trial: FrozenTrial, settings: TrialSettings) -> dict[str, Any]:
     record: dict[str, Any] = {
         "trial_number": trial.number,
         "pruned_epoch": reason.get("epoch"),
-        "value_when_pruned": reason.get("value", trial.intermediate_values.get(
-            reason.get("epoch"), None)),
+        "pruned_by": reason.get("kind", "median"),  # the median reason predates "kind"
+        # Validation top-1 reported at that epoch, whatever metric the pruner judged.
+        "value_when_pruned": trial.intermediate_values.get(reason.get("epoch")),
     }
     try:
         # train_config carries the study's stopping rule (budget, patience): a normal trial's.

@@ -109,6 +109,7 @@ def score_baseline(study: optuna.Study, settings: TrialSettings) -> dict[str, fl
                      num_classes=settings.data.num_classes)
     params = {"batch_size": 64, "stride": 1}
     config = TrainConfig(lr=BASELINE_LR, clip_norm=10.0, epochs=settings.epochs,
+                         patience=settings.definition.train.patience,
                          seed=settings.seed, device=settings.device)
     model = build_model(spec)
     train_loader, val_loader, test_loader = loaders(

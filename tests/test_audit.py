@@ -71,6 +71,7 @@ def test_audit_reruns_pruned_trial_to_its_full_budget_without_adding_trials(fini
     (rerun,) = record["reruns"]
     assert rerun["trial_number"] == pruned_number
     assert rerun["pruned_epoch"] == 1 and rerun["value_when_pruned"] == 0.01
+    assert rerun["pruned_by"] == "median"  # a reason without "kind" predates the paired pruner
     # Same params, same seed, same rule: the re-run reproduces the best trial on the CPU.
     assert rerun["final_value"] == pytest.approx(study.best_value, abs=1e-9)
     assert rerun["epochs"] == study.best_trial.user_attrs["epochs_run"]
