@@ -133,6 +133,9 @@ def build_audit_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=_positive_int, default=10,
                    help="pruned trials to re-run (all of them when there are fewer)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help="epoch budget of a re-run: the study's own (default: the definition's "
+                        "train.max_epochs; give the --epochs the study ran with, if any)")
     _add_study_flags(p)
     return p
 
@@ -240,7 +243,8 @@ def _finished_study(args: argparse.Namespace):
     settings = TrialSettings(
         definition=definition, data=data, device=device,
         seed=int(study.user_attrs.get("seed", definition.sampler.seed)),
-        epochs=definition.train.max_epochs, prune=False,
+        epochs=getattr(args, "epochs", None) or definition.train.max_epochs,
+        prune=False,
         tracking=TrackingConfig(mode="disabled", project=definition.tracking.project,
                                 group=name, dir=str(out_dir)),
         best=BestCheckpoint(out_dir / "best.pt"), artifact_dir=out_dir / "artifacts")

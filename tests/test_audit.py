@@ -83,6 +83,13 @@ def test_audit_reruns_pruned_trial_to_its_full_budget_without_adding_trials(fini
     assert "false-prune rate" in out and f"{pruned_number:>5}" in out
 
 
+def test_audit_epochs_flag_sets_the_rerun_budget(finished):
+    _, _, study, args = finished
+    assert run_study.main(["audit", "--epochs", "1", *_flags(args)]) == 0
+    (rerun,) = study.user_attrs["audit"]["reruns"]
+    assert rerun["epochs"] == 1
+
+
 def test_audit_of_a_study_without_completed_trials_is_a_user_error(tmp_path, capsys):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     optuna.create_study(study_name="tiny", storage=storage, direction="maximize")
