@@ -16,7 +16,7 @@ import torch
 
 from models.evaluate import Evaluation, evaluate
 from models.rnn import ModelSpec, build_model
-from models.training import TrainConfig, train
+from models.training import TrainConfig, TrainingDiverged, train
 from search.objective import TrialSettings, loaders, model_spec, train_config
 from search.refit import refit_and_score
 from search.space import suggest
@@ -82,7 +82,11 @@ def best_epochs(trial: optuna.trial.FrozenTrial, settings: TrialSettings) -> int
 def _refit(
     params: dict[str, Any], settings: TrialSettings, seed: int, best: optuna.trial.FrozenTrial
 ) -> dict[str, Any]:
-    refit = refit_and_score(params, settings, seed, best_epochs(best, settings))
+    epochs = best_epochs(best, settings)
+    try:
+        refit = refit_and_score(params, settings, seed, epochs)
+    except TrainingDiverged as exc:  # recorded, not fatal: the search model's score stands
+        return {"epochs": epochs, "train_clips": None, "test": None, "diverged": exc.reason}
     return {"epochs": refit.epochs, "train_clips": refit.train_clips,
             "test": evaluation_dict(refit.test)}
 

@@ -144,7 +144,10 @@ def _summary_section(study: optuna.Study, best: FrozenTrial | None, attrs: dict[
         if final.get("checkpoint"):
             score_rows.append(("checkpoint", _fmt(final["checkpoint"])))
         right = "<h3>Test split</h3>" + _kv_table(score_rows)
-        if isinstance(refit, dict) and isinstance(refit.get("test"), dict):
+        if isinstance(refit, dict) and refit.get("diverged"):
+            right += _note("The refit on all training groups diverged: "
+                           + html.escape(str(refit["diverged"])))
+        elif isinstance(refit, dict) and isinstance(refit.get("test"), dict):
             right += _note(
                 f"Search model: the best trial's weights, trained on the training groups only. "
                 f"Refit model: the same configuration retrained on all "

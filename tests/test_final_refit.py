@@ -10,9 +10,9 @@ import pytest
 from study_fixtures import study_args, write_tiny_data
 
 import run_study
-import search.final
 import search.refit
 from datasets.splits import SplitSpec, split_parts
+from models.training import TrainingDiverged
 from search.definition import load_definition
 from search.study_data import load_study_data
 
@@ -73,3 +73,20 @@ def test_final_scored_before_refit_existed_gains_the_refit_and_keeps_its_test_sc
     final = study.user_attrs["final"]
     assert len(refit_calls) == 2
     assert final["test"] == old["test"] and final["refit"]["epochs"] >= 1
+
+
+def test_a_diverging_refit_is_recorded_and_the_search_models_score_stands(
+    tmp_path, monkeypatch, one_torch_thread
+):
+    def diverge(*args, **kwargs):
+        raise TrainingDiverged("loss became nan at epoch 1 step 1", epoch=1, step=1)
+
+    monkeypatch.setattr(search.refit, "train", diverge)
+    data = write_tiny_data(tmp_path)
+    assert run_study.main(study_args(tmp_path, data, "--trials", "1", "--no-prune")) == 0
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    final = study.user_attrs["final"]
+    assert final["refit"]["diverged"].startswith("loss became nan")
+    assert final["refit"]["test"] is None and 0.0 <= final["test"]["top1"] <= 1.0
+    page = (tmp_path / "runs" / "tiny" / "report.html").read_text()
+    assert "The refit on all training groups diverged: loss became nan" in page
