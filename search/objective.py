@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import torch
 
@@ -147,8 +148,9 @@ def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Even
             nonlocal best_so_far
             best_so_far = max(best_so_far, result.val_top1)
             # Per-clip outcomes before the report: a pruner anywhere pairs them clip by clip.
-            if result.epoch == 1:
-                trial.set_user_attr(CLASSES_KEY, settings.data.num_classes)
+            if result.epoch == 1:  # chance for the pruner: the classes validation really holds
+                val_labels = settings.data.features.labels[settings.data.parts["val"]]
+                trial.set_user_attr(CLASSES_KEY, len(np.unique(val_labels)))
             if result.val_correct is not None and result.val_clip_loss is not None:
                 for key, value in outcome_attrs(result.epoch, result.val_correct,
                                                 result.val_clip_loss).items():
