@@ -84,7 +84,8 @@ def rerun(trial: FrozenTrial, settings: TrialSettings) -> dict[str, Any]:
         record.update(final_value=None, epochs=exc.epoch, diverged=exc.reason)
     else:
         record.update(final_value=result.best_val_top1, epochs=len(result.epochs),
-                      best_epoch=result.best_epoch)
+                      best_epoch=result.best_epoch,
+                      curve=[round(e.val_top1, 6) for e in result.epochs])
     record["wall_s"] = round(time.perf_counter() - started, 3)
     return record
 

@@ -107,3 +107,28 @@ def _flags(study_flags: list[str]) -> list[str]:
         if flag in keep:
             out += [flag, value]
     return out
+
+
+@pytest.mark.slow
+def test_audit_reruns_a_trial_the_real_pruner_stopped_along_its_own_curve(tmp_path, capsys):
+    data = write_tiny_data(tmp_path)
+    args = study_args(tmp_path, data, "--trials", "3", "--no-prune")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    assert run_study.main(args) == 0  # three complete trials to compare with
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    study.enqueue_trial({"cell": "gru", "layers": 1, "hidden": 8, "lr": 1e-9, "clip_norm": 1.0})
+    assert run_study.main(study_args(tmp_path, data, "--trials", "4")) == 0
+    dull = optuna.load_study(study_name="tiny", storage=storage).trials[3]
+    assert dull.state == TrialState.PRUNED  # by the tiny definition's median pruner
+    assert run_study.main(["audit", "--sample", "3", *_flags(args)]) == 0
+    record = optuna.load_study(study_name="tiny", storage=storage).user_attrs["audit"]
+    (rerun,) = record["reruns"]
+    assert rerun["trial_number"] == 3 and rerun["pruned_epoch"] == dull.user_attrs[
+        "prune_reason"]["epoch"]
+    # Its own params and seed: the re-run retraces the pruned trial's curve exactly, then goes on.
+    seen = [dull.intermediate_values[e] for e in sorted(dull.intermediate_values)]
+    assert rerun["curve"][: len(seen)] == pytest.approx(seen, abs=1e-6)
+    assert rerun["epochs"] > len(seen)
+    # An lr of 1e-9 learns nothing: pruning it was right, and the interval says how sure.
+    assert rerun["beat_median"] is False and record["false_prune_rate"] == 0.0
+    assert record["interval95"] == pytest.approx([0.0, 0.79347], abs=5e-5)
