@@ -310,7 +310,7 @@ def _audit_text(record: dict, path: Path) -> str:
         then, final = r["value_when_pruned"], r["final_value"]
         lines.append(
             f"  {r['trial_number']:>5}  {r['pruned_epoch'] if r['pruned_epoch'] else '?':>7}  "
-            f"{then if then is None else f'{then:.4f}':>10}  "
+            f"{'?' if then is None else f'{then:.4f}':>10}  "
             f"{'diverged' if final is None else f'{final:.4f}':>11}  {r['epochs']:>6}  "
             f"{'yes' if r['beat_median'] else 'no':>7}  {'yes' if r['beat_best'] else 'no':>5}")
     if record["audited"]:

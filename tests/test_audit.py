@@ -132,3 +132,15 @@ def test_audit_reruns_a_trial_the_real_pruner_stopped_along_its_own_curve(tmp_pa
     # An lr of 1e-9 learns nothing: pruning it was right, and the interval says how sure.
     assert rerun["beat_median"] is False and record["false_prune_rate"] == 0.0
     assert record["interval95"] == pytest.approx([0.0, 0.79347], abs=5e-5)
+
+
+def test_audit_printout_survives_a_rerun_that_diverged_without_a_recorded_value():
+    record = {"audited": 1, "pruned": 1, "complete": 3, "median": 0.5, "best": 0.7,
+              "reruns": [{"trial_number": 4, "pruned_epoch": None, "value_when_pruned": None,
+                          "final_value": None, "epochs": 2, "beat_median": False,
+                          "beat_best": False}],
+              "false_prune_rate": 0.0, "beat_median": 0, "beat_best": 0,
+              "interval95": [0.0, 0.7935], "wall_s": 3.0}
+    text = run_study._audit_text(record, "audit.json")
+    assert "      4        ?           ?     diverged       2       no     no" in text
+    assert "false-prune rate 0.000 (0/1 beat the median; 95% Wilson interval 0.000-0.793)" in text
