@@ -3,9 +3,9 @@
     python bench/search_quality.py --data-dir /tmp/sq-data [--trials 50] [--audit-sample 10]
         [--arms hand default median] [--device auto] [--work-dir DIR] [--quick]
 
-Generates, once, the data set of issue 14 into --data-dir (101 classes, 8 clips per class over
-the 25 groups, up to 250 frames, 256-d, order-dependent classes; split 1), then runs, each on
-that same data:
+Generates, once, the data set of issue 14 into --data-dir (101 classes, one clip per class in
+each of the 25 groups, up to 250 frames, 256-d, order-dependent classes; split 1: 1414 train,
+404 validation, 707 test clips), then runs, each on that same data:
 
   hand     the hand-set run (GRU 2 x 128, stride 5, batch 32, lr 3e-3, clip 1, 15 epochs),
            refit on all training groups (train + validation) and scored on the test groups;
@@ -46,7 +46,9 @@ from datasets.synthetic import write_synthetic  # noqa: E402
 
 DEFAULT_DEFINITION = REPO / "studies" / "ucf101_rnn.yaml"
 ARMS = ("hand", "default", "median")
-FULL_DATA = {"classes": 101, "clips_per_class": 8, "frames": 250, "dim": 256}
+# 25 clips a class, one per group: with fewer, the seeded validation groups leave 2 training
+# clips a class and the hand-set run scores 7%; with these it scores the issue's ~94%.
+FULL_DATA = {"classes": 101, "clips_per_class": 25, "frames": 250, "dim": 256}
 QUICK_DATA = {"classes": 4, "clips_per_class": 25, "frames": 12, "dim": 8}
 HAND = {"cell": "gru", "layers": 2, "hidden": 128, "stride": 5, "batch_size": 32, "lr": 3e-3,
         "clip_norm": 1.0, "dropout": 0.0, "weight_decay": 0.0}
@@ -133,7 +135,9 @@ def study_arm(
               "--storage", storage, "--data", pattern, "--device", args.device,
               "--out-dir", str(out_dir)]
     started = time.perf_counter()
-    _run([*common, "--trials", str(args.trials), "--wandb-mode", "disabled"], out_dir / "study")
+    limit = ["--timeout", str(args.timeout)] if args.timeout else []
+    _run([*common, "--trials", str(args.trials), *limit, "--wandb-mode", "disabled"],
+         out_dir / "study")
     study_wall = time.perf_counter() - started
     started = time.perf_counter()
     _run(["audit", "--sample", str(args.audit_sample), *common], out_dir / "audit")
@@ -221,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", default=None,
                    help="studies, logs and the JSON (default: <data-dir>/../search-quality)")
     p.add_argument("--trials", type=int, default=50, help="trials per study")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds after which a study starts no new trial (its figures then cover "
+                        "fewer than --trials trials)")
     p.add_argument("--audit-sample", type=int, default=10, help="pruned trials each audit re-runs")
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="what to run")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
