@@ -132,7 +132,7 @@ def replay(curves: list[Curve], pruner: optuna.pruners.BasePruner, classes: int)
             for key, value in outcome_attrs(epoch, correct, loss).items():
                 trial.set_user_attr(key, value)
             trial.report(top1, epoch)
-            if trial.should_prune():
+            if epoch < len(curve.top1) and trial.should_prune():  # as the objective: not at the end
                 end, pruned = epoch, True
                 break
         if pruned or curve.diverged:

@@ -122,7 +122,7 @@ def test_clearly_worse_trial_is_pruned_with_the_gap_and_the_noise_it_beat():
     reason = explain_prune(trial, EPOCH, 0.3)
     assert reason["reference_trial"] == 2 and reason["reference_value"] == 0.6
     assert (reason["b"], reason["c"]) == (60, 0)
-    assert reason["p"] == 2.0**-60 and reason["alpha"] == 0.01
+    assert reason["p"] == 2.0**-60 and reason["alpha"] == 0.001
     assert reason["gap"] == pytest.approx(30.0)  # points of top-1
     diff = np.r_[np.ones(60), np.zeros(140)]
     assert reason["noise"] == pytest.approx(100 * diff.std(ddof=1) / math.sqrt(200))
