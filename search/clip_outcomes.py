@@ -48,6 +48,11 @@ def outcome_attrs(epoch: int, correct: np.ndarray, loss: np.ndarray) -> dict[str
             LOSS_KEY.format(epoch=epoch): encode_loss(loss)}
 
 
+def is_outcome_key(key: str) -> bool:
+    """Return whether a user attr key holds per-clip outcomes (bulky: keep it out of tables)."""
+    return key.startswith(("val_correct/", "val_loss/"))
+
+
 def read_correct(user_attrs: dict[str, Any], epoch: int) -> np.ndarray | None:
     """Return a trial's per-clip right/wrong at epoch, or None if it was not recorded."""
     text = user_attrs.get(CORRECT_KEY.format(epoch=epoch))

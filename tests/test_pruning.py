@@ -13,6 +13,7 @@ from search.clip_outcomes import (
     decode_loss,
     encode_correct,
     encode_loss,
+    is_outcome_key,
     outcome_attrs,
 )
 from search.definition import PrunerSpec
@@ -67,6 +68,7 @@ def test_outcome_codec_round_trips_and_stays_small():
     np.testing.assert_allclose(decode_loss(encode_loss(loss)), loss, rtol=1e-3)
     attrs = outcome_attrs(4, correct, loss)
     assert set(attrs) == {"val_correct/4", "val_loss/4"}
+    assert all(is_outcome_key(k) for k in attrs) and not is_outcome_key("val_num_classes")
     size = sum(len(v) for v in attrs.values())
     assert size <= 4 / 3 * (1001 / 8 + 2 * 1001) + 16  # base64 of packed bits + float16
 
