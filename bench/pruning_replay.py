@@ -132,7 +132,7 @@ def replay(curves: list[Curve], pruner: optuna.pruners.BasePruner, classes: int)
             for key, value in outcome_attrs(epoch, correct, loss).items():
                 trial.set_user_attr(key, value)
             trial.report(top1, epoch)
-            if trial.should_prune():
+            if epoch < len(curve.top1) and trial.should_prune():  # as the objective: not at the end
                 end, pruned = epoch, True
                 break
         if pruned or curve.diverged:
@@ -154,9 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=40, help="frames per clip (most are cut)")
     p.add_argument("--dim", type=int, default=32, help="feature size")
     p.add_argument("--seed", type=int, default=0, help="data and sampler seed")
-    p.add_argument("--startup", type=int, default=3, help="startup_trials of every rule")
+    p.add_argument("--startup", type=int, default=5, help="startup_trials of every rule")
     p.add_argument("--warmup", type=int, default=2, help="warmup_epochs of every rule")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1: more only oversubscribe a shared box)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -2,9 +2,10 @@
 
 Every trial scores the same validation clips in the same order, so a pruner in any worker
 (PostgreSQL, several machines) can pair one trial's outcomes with another's clip by clip.
-Per epoch: `val_correct/<epoch>` = "<clips>:" + base64 of np.packbits (clips / 8 bytes) and
-`val_loss/<epoch>` = base64 of the float16 cross entropies (2 bytes a clip), plus
-`val_num_classes` once, so the pruner knows chance.
+Per epoch one attr, `val_clips/<epoch>` = {"correct": "<clips>:" + base64 of np.packbits
+(clips / 8 bytes), "loss": base64 of the float16 cross entropies (2 bytes a clip)}: one
+storage write per epoch (a SQLite commit can cost ~40 ms); plus `val_num_classes` once, so the
+pruner knows chance.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-CORRECT_KEY = "val_correct/{epoch}"
-LOSS_KEY = "val_loss/{epoch}"
+OUTCOMES_KEY = "val_clips/{epoch}"
 CLASSES_KEY = "val_num_classes"
 
 
@@ -42,19 +42,30 @@ def decode_loss(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype="<f2").astype(np.float32)
 
 
-def outcome_attrs(epoch: int, correct: np.ndarray, loss: np.ndarray) -> dict[str, str]:
-    """Return the user attrs that record one epoch's per-clip outcomes."""
-    return {CORRECT_KEY.format(epoch=epoch): encode_correct(correct),
-            LOSS_KEY.format(epoch=epoch): encode_loss(loss)}
+def outcome_attrs(epoch: int, correct: np.ndarray, loss: np.ndarray) -> dict[str, Any]:
+    """Return the user attr (one key) that records one epoch's per-clip outcomes."""
+    return {OUTCOMES_KEY.format(epoch=epoch): {"correct": encode_correct(correct),
+                                                "loss": encode_loss(loss)}}
+
+
+def is_outcome_key(key: str) -> bool:
+    """Return whether a user attr key holds per-clip outcomes (bulky: keep it out of tables)."""
+    return key.startswith("val_clips/")
 
 
 def read_correct(user_attrs: dict[str, Any], epoch: int) -> np.ndarray | None:
     """Return a trial's per-clip right/wrong at epoch, or None if it was not recorded."""
-    text = user_attrs.get(CORRECT_KEY.format(epoch=epoch))
-    return decode_correct(text) if isinstance(text, str) else None
+    text = _field(user_attrs, epoch, "correct")
+    return decode_correct(text) if text is not None else None
 
 
 def read_loss(user_attrs: dict[str, Any], epoch: int) -> np.ndarray | None:
     """Return a trial's per-clip loss at epoch, or None if it was not recorded."""
-    text = user_attrs.get(LOSS_KEY.format(epoch=epoch))
-    return decode_loss(text) if isinstance(text, str) else None
+    text = _field(user_attrs, epoch, "loss")
+    return decode_loss(text) if text is not None else None
+
+
+def _field(user_attrs: dict[str, Any], epoch: int, name: str) -> str | None:
+    record = user_attrs.get(OUTCOMES_KEY.format(epoch=epoch))
+    value = record.get(name) if isinstance(record, dict) else None
+    return value if isinstance(value, str) else None

@@ -160,7 +160,8 @@ def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Even
             run.log_epoch(result.epoch, _epoch_metrics(result))
             if stop.is_set():
                 raise TrialInterrupted(f"interrupted after epoch {result.epoch}")
-            if settings.prune and trial.should_prune():
+            # A trial that has trained its whole budget is complete: pruning it saves nothing.
+            if settings.prune and result.epoch < settings.epochs and trial.should_prune():
                 reason = explain_prune(trial, result.epoch, best_so_far)
                 trial.set_user_attr("prune_reason", reason)
                 run.finish("pruned", {"pruned_epoch": result.epoch, "best_val_top1": best_so_far,

@@ -96,7 +96,7 @@ def _score(outcome: np.ndarray) -> float:
 class PairedPruner(optuna.pruners.BasePruner):
     """Prune a trial only when a paired test on the same clips finds it worse than a reference."""
 
-    def __init__(self, *, metric: str = "top1", reference: str = "median", alpha: float = 0.01,
+    def __init__(self, *, metric: str = "top1", reference: str = "median", alpha: float = 0.001,
                  startup_trials: int = 5, warmup_epochs: int = 2) -> None:
         if metric not in METRICS or reference not in REFERENCES or not 0 < alpha < 1:
             raise ValueError(f"PairedPruner: metric {metric!r}, reference {reference!r} or "

@@ -13,7 +13,10 @@ from search.clip_outcomes import (
     decode_loss,
     encode_correct,
     encode_loss,
+    is_outcome_key,
     outcome_attrs,
+    read_correct,
+    read_loss,
 )
 from search.definition import PrunerSpec
 from search.paired_pruner import PairedPruner
@@ -66,8 +69,12 @@ def test_outcome_codec_round_trips_and_stays_small():
     np.testing.assert_array_equal(decode_correct(encode_correct(correct)), correct)
     np.testing.assert_allclose(decode_loss(encode_loss(loss)), loss, rtol=1e-3)
     attrs = outcome_attrs(4, correct, loss)
-    assert set(attrs) == {"val_correct/4", "val_loss/4"}
-    size = sum(len(v) for v in attrs.values())
+    assert set(attrs) == {"val_clips/4"} and is_outcome_key("val_clips/4")
+    assert not is_outcome_key("val_num_classes")
+    np.testing.assert_array_equal(read_correct(attrs, 4), correct)
+    np.testing.assert_array_equal(read_loss(attrs, 4), decode_loss(encode_loss(loss)))
+    assert read_correct(attrs, 5) is None and read_loss({"val_clips/4": "junk"}, 4) is None
+    size = sum(len(v) for v in attrs["val_clips/4"].values())
     assert size <= 4 / 3 * (1001 / 8 + 2 * 1001) + 16  # base64 of packed bits + float16
 
 
@@ -122,7 +129,7 @@ def test_clearly_worse_trial_is_pruned_with_the_gap_and_the_noise_it_beat():
     reason = explain_prune(trial, EPOCH, 0.3)
     assert reason["reference_trial"] == 2 and reason["reference_value"] == 0.6
     assert (reason["b"], reason["c"]) == (60, 0)
-    assert reason["p"] == 2.0**-60 and reason["alpha"] == 0.01
+    assert reason["p"] == 2.0**-60 and reason["alpha"] == 0.001
     assert reason["gap"] == pytest.approx(30.0)  # points of top-1
     diff = np.r_[np.ones(60), np.zeros(140)]
     assert reason["noise"] == pytest.approx(100 * diff.std(ddof=1) / math.sqrt(200))
