@@ -92,7 +92,8 @@ def run_study_threads(
         best=BestCheckpoint(root / "best.pt"), artifact_dir=root / "artifacts",
         trial_streams=trial_streams)
     losses: dict[int, list[tuple[float, float, float]]] = {}
-    real_train = objective_module.train
+    # The train() this run records: a test's own stand-in, never an earlier run's recorder.
+    real_train = getattr(objective_module.train, "recorded", objective_module.train)
 
     def recording_train(model, train_loader, val_loader, config, **kwargs):
         if on_train_start is not None:
@@ -101,6 +102,7 @@ def run_study_threads(
         losses[config.seed] = [(e.train_loss, e.val_loss, e.val_top1) for e in result.epochs]
         return result
 
+    recording_train.recorded = real_train
     monkeypatch.setattr(objective_module, "train", recording_train)
     if resident is not None:
         monkeypatch.setattr(objective_module, "BatchLoader",
@@ -259,8 +261,9 @@ def test_two_jobs_run_on_the_gpu_at_the_same_time(tmp_path, data, monkeypatch, t
 @cuda
 def test_an_absurd_width_fails_its_trial_and_the_other_trial_finishes(
         tmp_path, data, monkeypatch):
-    """Hidden 8192 (~0.8 GB of GRU weights) under a cap of 512 MiB above what is in use now:
-    its .to(device) runs out of memory, the 16-wide trial beside it does not."""
+    """Hidden 8192: one 805 MB weight (3 x 8192 x 8192 fp32), under a cap of 512 MiB above what
+    is in use now (set_per_process_memory_fraction; the real GPU is far larger). Its .to(device)
+    runs out of memory in one allocation, so the 16-wide trial beside it is never starved."""
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(0).total_memory
     cap = torch.cuda.memory_reserved() + (512 << 20)
