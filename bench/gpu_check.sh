@@ -71,12 +71,12 @@ if [[ $MODE == gpu ]]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$WORK/site" .whl/*.whl || { echo "installing .whl/ failed" >&2; exit 1; }
   export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
-  DEVICE=cuda
+  # Without a GPU every test would skip and the check would "pass": stop here instead.
+  python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU visible'" || exit 1
   TRAIN_ARGS=(--device cuda)
 else
   PY=python3
   [[ -x .venv/bin/python ]] && PY=.venv/bin/python
-  DEVICE=cpu
   TRAIN_ARGS=(--device cpu --clips 16 --batch-size 8 --frames 20 --dim 32 --hidden 16
               --repeats 2)
 fi
