@@ -190,9 +190,10 @@ def _fits_on_device(data: FeatureSet, clips: np.ndarray, device: torch.device) -
 class BatchLoader:
     """Iterates a subset of a FeatureSet in batches, trimmed to each batch's longest clip.
 
-    Host mode copies each batch out of the memmap (pinned when the device is CUDA) on a background
-    thread while the model trains. Resident mode copies the subset to the device once and builds
-    batches by index gathering there; resident=None picks it for CUDA devices when it fits.
+    Host mode copies each batch out of the memmap into a host buffer (pinned when the device is
+    CUDA) on a background thread while the model trains; the thread iterating the epoch copies it
+    to the device. Resident mode copies the subset to the device once and builds batches by index
+    gathering there; resident=None picks it for CUDA devices when it fits.
     """
 
     def __init__(
