@@ -29,6 +29,7 @@ full size needs about 40 GB of disk there (27 GB of shards, 10 GB of cache).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=None,
                    help="keep shards, cache, storages and logs here instead of a temp folder "
                         "that is removed at the end")
+    p.add_argument("--json", default=None, help="also write every figure to this JSON file")
     return p
 
 
@@ -357,7 +359,21 @@ def main(argv: list[str] | None = None) -> int:
             ratio = run.trials_per_hour / base.trials_per_hour
             print(f"--jobs 4 vs --jobs 1: {ratio:.2f}x   target: >= {TARGET_SPEEDUP}x -> "
                   f"{_meets(ratio >= TARGET_SPEEDUP)}")
-    print(f"total wall time: {time.perf_counter() - started:.1f} s")
+    total_s = time.perf_counter() - started
+    print(f"total wall time: {total_s:.1f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "device": device, "device_name": device_name, "torch": torch.__version__,
+            "clips": clips, "classes": args.classes, "clips_per_class": args.clips_per_class,
+            "frames": args.frames, "dim": args.dim, "trials": args.trials, "epochs": args.epochs,
+            "write_s": write_s, "decode_s": decode_s, "default_config_examples_per_s": speeds,
+            "studies": [{"jobs": r.jobs, "trials": r.finished, "states": r.states,
+                         "span_s": r.span_s, "wall_s": r.wall_s,
+                         "trials_per_hour": r.trials_per_hour,
+                         "trial_examples_per_s": r.trial_examples_per_s,
+                         "gpu_util": r.gpu.util if r.gpu else None,
+                         "gpu_memory_mib": r.gpu.memory_mib if r.gpu else None} for r in runs],
+            "total_s": total_s}, indent=2))
     return 0
 
 

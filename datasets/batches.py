@@ -111,6 +111,10 @@ class _ResidentFrames:
                 b = min(stop, a + chunk_rows)
                 self.frames[pos : pos + b - a].copy_(source[a:b])
                 pos += b - a
+        if self.frames.is_cuda:
+            # Stream rule (see BatchLoader): the copy is complete before anyone can see it, so
+            # trials gathering from it on streams of their own never read a half-copied tensor.
+            torch.cuda.current_stream(device).synchronize()
 
 
 def frames_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -186,9 +190,10 @@ def _fits_on_device(data: FeatureSet, clips: np.ndarray, device: torch.device) -
 class BatchLoader:
     """Iterates a subset of a FeatureSet in batches, trimmed to each batch's longest clip.
 
-    Host mode copies each batch out of the memmap (pinned when the device is CUDA) on a background
-    thread while the model trains. Resident mode copies the subset to the device once and builds
-    batches by index gathering there; resident=None picks it for CUDA devices when it fits.
+    Host mode copies each batch out of the memmap into a host buffer (pinned when the device is
+    CUDA) on a background thread while the model trains; the thread iterating the epoch copies it
+    to the device. Resident mode copies the subset to the device once and builds batches by index
+    gathering there; resident=None picks it for CUDA devices when it fits.
     """
 
     def __init__(
@@ -262,14 +267,26 @@ class BatchLoader:
             self.indices, self.batch_size, shuffle=self.shuffle, seed=self.seed, epoch=epoch,
             lengths=self._lengths, bucket=self.bucket,
         )
-        build = self._gather if self._resident is not None else self._copy_out
-        # The device gather is asynchronous already; a thread only helps the host copy.
-        if self.prefetch and self._resident is None:
-            return _prefetched(batches, build)
-        return map(build, batches)
+        # The stream rule. Every tensor a trial reads is made on the stream the trial computes
+        # on (its current stream, search.objective._own_stream) or ordered before it:
+        # - host mode: the prefetch thread only fills (pinned) HOST buffers (_host_batch); the
+        #   host->device copy (_to_device) runs in the generator body, i.e. in the consuming
+        #   thread, on its current stream, so the trial's kernels queue behind it. A pinned
+        #   buffer stays valid until its copy lands: PyTorch's caching host allocator records
+        #   the copy's stream and reuses the block only once that copy has completed.
+        # - resident mode: the shared copy is made and synchronized before it is published in
+        #   _RESIDENT (_ResidentFrames); the gathers run on the consumer's stream.
+        # - evaluation reads batches the same way; checkpoints (state_dict .to("cpu")) are
+        #   synchronous copies on the trial's stream, so they see every finished update.
+        if self._resident is not None:
+            # The device gather is asynchronous already; a thread would only help a host copy.
+            return map(self._gather, batches)
+        if self.prefetch:
+            return _prefetched(batches, self._host_batch, self._to_device)
+        return (self._to_device(self._host_batch(clips)) for clips in batches)
 
-    def _copy_out(self, clips: np.ndarray) -> Batch:
-        """Copy a batch out of the memmap into a (pinned) host buffer, then to the device."""
+    def _host_batch(self, clips: np.ndarray) -> _HostBatch:
+        """Copy a batch out of the memmap into a (pinned) host buffer; touches no device."""
         steps = self._steps[clips]
         shape = (len(clips), int(steps.max()), self.data.feature_dim)  # (batch, time, dim)
         if self._pin:
@@ -283,7 +300,11 @@ class BatchLoader:
         ):
             # (n, dim) view into the memmap, widened to the buffer's dtype
             copy_rows_serial(buf[row, :n], source[start : start + length : stride])
-        return self._finish(buf, steps, clips)
+        return _HostBatch(buf, steps, clips)
+
+    def _to_device(self, host: _HostBatch) -> Batch:
+        """Copy a host batch to the device on the calling thread's current stream."""
+        return self._finish(host.features, host.steps, host.clips)
 
     def _gather(self, clips: np.ndarray) -> Batch:
         """Gather a batch from the device-resident frames by index: row = offsets[b] + t*stride."""
@@ -303,6 +324,15 @@ class BatchLoader:
         return Batch(features=feats, lengths=lengths, labels=labels)
 
 
+@dataclass(frozen=True)
+class _HostBatch:
+    """A batch in host memory, not yet on the device."""
+
+    features: torch.Tensor  # (batch, time, dim), pinned when the device is CUDA
+    steps: np.ndarray  # (batch,) frames per clip after the stride
+    clips: np.ndarray  # (batch,) clip indices
+
+
 class _Failed:
     def __init__(self, exc: BaseException):
         self.exc = exc
@@ -311,8 +341,16 @@ class _Failed:
 _DONE = object()
 
 
-def _prefetched(batches: list[np.ndarray], build: Callable[[np.ndarray], Batch]) -> Iterator[Batch]:
-    """Yield build(b) for each batch while a background thread prepares the next ones."""
+def _prefetched(
+    batches: list[np.ndarray],
+    prepare: Callable[[np.ndarray], _HostBatch],
+    finish: Callable[[_HostBatch], Batch],
+) -> Iterator[Batch]:
+    """Yield finish(prepare(b)) per batch: prepare on a background thread, finish on the caller's.
+
+    The generator body runs in the consuming thread, so finish (the host->device copy) is issued
+    on the consumer's current CUDA stream; the background thread never touches the device.
+    """
     ready: queue.Queue = queue.Queue(maxsize=PREFETCH_DEPTH)
     stop = threading.Event()
 
@@ -328,7 +366,7 @@ def _prefetched(batches: list[np.ndarray], build: Callable[[np.ndarray], Batch])
     def work() -> None:
         try:
             for clips in batches:
-                if not put(build(clips)):
+                if not put(prepare(clips)):
                     return
             put(_DONE)
         except BaseException as exc:  # handed to the consumer, which re-raises it
@@ -345,7 +383,7 @@ def _prefetched(batches: list[np.ndarray], build: Callable[[np.ndarray], Batch])
                 return
             if isinstance(item, _Failed):
                 raise item.exc
-            yield item
+            yield finish(item)
     finally:
         stop.set()
         thread.join()

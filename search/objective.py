@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ class TrialSettings:
     tracking: TrackingConfig
     best: BestCheckpoint
     artifact_dir: Path  # Optuna's artifact store, served by optuna-dashboard --artifact-dir
+    # On CUDA each trial computes on a stream of its own (--jobs N trials overlap on one GPU);
+    # False runs every trial on the default stream (tests compare the two).
+    trial_streams: bool = True
 
 
 def model_spec(params: dict[str, Any], settings: TrialSettings) -> ModelSpec:
@@ -125,11 +129,14 @@ def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Even
         "trial_number": trial.number,
     }
     # The W&B run opens first, so that whatever goes wrong from here on is recorded in it.
-    with TrialRun(settings.tracking, trial.number, run_config) as run, _own_stream(settings.device):
+    with (TrialRun(settings.tracking, trial.number, run_config) as run,
+          _own_stream(settings.device, settings.trial_streams),
+          _out_of_memory_fails(trial, run, settings.device)):
         trial.set_user_attr("wandb_run", run.path)
         spec = model_spec(params, settings)
-        torch.manual_seed(seed)
-        model = build_model(spec)
+        with _SEEDED_BUILD:  # the seed is process-wide: another trial's thread must not draw
+            torch.manual_seed(seed)
+            model = build_model(spec)
         train_loader, val_loader = loaders(params, settings, seed, ("train", "val"))
         trial.set_user_attr("param_count", sum(p.numel() for p in model.parameters()))
 
@@ -181,11 +188,6 @@ def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Even
             scored = {"best_val_top1": best_so_far} if best_so_far > float("-inf") else {}
             finish_as("pruned", {"pruned_epoch": exc.epoch, "prune/text": exc.reason, **scored})
             raise optuna.TrialPruned(exc.reason) from None
-        except torch.cuda.OutOfMemoryError as exc:
-            reason = f"CUDA out of memory: {str(exc).splitlines()[0]}"
-            trial.set_user_attr("fail_reason", reason)
-            finish_as("failed", {"fail_reason": reason})
-            raise TrialFailed(reason) from None
         except optuna.TrialPruned:
             trial.set_user_attr("wall_s", round(time.perf_counter() - started, 3))
             raise
@@ -201,15 +203,39 @@ def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Even
     return result.best_val_top1
 
 
-def _own_stream(device: str) -> contextlib.AbstractContextManager:
+_SEEDED_BUILD = threading.Lock()
+
+
+def _own_stream(device: str, enabled: bool = True) -> contextlib.AbstractContextManager:
     """Return a context that runs the trial on a CUDA stream of its own (nothing on the CPU)."""
     # Trials of --jobs N then overlap on one GPU instead of queueing on the default stream.
-    if not device.startswith("cuda"):
+    # Everything the trial reads is made on this stream or ordered before it: datasets.batches
+    # issues every host->device copy on the consumer's current stream (this one) and publishes
+    # the shared resident copy only once it is complete (the stream rule, in BatchLoader.epoch).
+    if not enabled or not device.startswith("cuda"):
         return contextlib.nullcontext()
-    stream = torch.cuda.Stream(device=device)
-    # The shared resident data was copied on the default stream: start after that copy.
-    stream.wait_stream(torch.cuda.current_stream(device))
-    return torch.cuda.stream(stream)
+    return torch.cuda.stream(torch.cuda.Stream(device=device))
+
+
+@contextlib.contextmanager
+def _out_of_memory_fails(trial: optuna.Trial, run: TrialRun, device: str) -> Iterator[None]:
+    """Turn a CUDA out-of-memory anywhere in the trial into TrialFailed, naming the reason.
+
+    Model build, .to(device), training, evaluation and checkpointing all run inside. The other
+    trials of --jobs N go on; the failed trial's cached blocks are handed back to the driver.
+    """
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as exc:
+        reason = f"CUDA out of memory: {str(exc).splitlines()[0]}"
+    else:
+        return
+    # Outside the except block, so the traceback (and the tensors its frames hold) is released.
+    trial.set_user_attr("fail_reason", reason)
+    run.finish("failed", {"fail_reason": reason})
+    if device.startswith("cuda") and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    raise TrialFailed(reason)
 
 
 def _attach_artifacts(

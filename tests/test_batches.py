@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import threading
 
 import numpy as np
 import pytest
 import torch
 
-from datasets.batches import BatchLoader, epoch_batches, host_buffer, strided_lengths
+from datasets.batches import Batch, BatchLoader, epoch_batches, host_buffer, strided_lengths
 from datasets.cache import FeatureSet
 
 DIM = 3
@@ -157,9 +158,35 @@ def test_prefetch_thread_hands_errors_to_the_consumer():
     def broken(clips):
         raise RuntimeError("disk gone")
 
-    loader._copy_out = broken
+    loader._host_batch = broken
     with pytest.raises(RuntimeError, match="disk gone"):
         list(loader.epoch(0))
+
+
+def test_prefetch_thread_fills_host_buffers_and_the_consumer_copies_to_the_device():
+    """The stream rule: the device copy runs in the consuming thread (on its CUDA stream)."""
+    data = make_set(LENGTHS * 5)
+    loader = BatchLoader(data, np.arange(len(data)), 3, shuffle=True, seed=2)
+    host_threads, copy_threads = set(), set()
+    host_batch, to_device = loader._host_batch, loader._to_device
+
+    def recording_host_batch(clips):
+        host_threads.add(threading.get_ident())
+        return host_batch(clips)
+
+    def recording_to_device(host):
+        assert isinstance(host.features, torch.Tensor) and not isinstance(host, Batch)
+        copy_threads.add(threading.get_ident())
+        return to_device(host)
+
+    loader._host_batch, loader._to_device = recording_host_batch, recording_to_device
+    got = list(loader.epoch(1))
+    assert len(got) == len(loader)
+    assert copy_threads == {threading.get_ident()}
+    assert len(host_threads) == 1 and host_threads.isdisjoint(copy_threads)
+    for a, b in zip(BatchLoader(data, np.arange(len(data)), 3, shuffle=True, seed=2,
+                                prefetch=False).epoch(1), got, strict=True):
+        assert torch.equal(a.features, b.features) and torch.equal(a.labels, b.labels)
 
 
 @pytest.mark.parametrize("stride", [1, 3])

@@ -1,5 +1,6 @@
 """bench/gpu_study.py: the study it runs is the project's own, with the budget it was given."""
 
+import json
 import re
 
 import pytest
@@ -27,7 +28,7 @@ def test_tiny_run_holds_the_trial_budget_and_reports_no_gpu_on_cpu(tmp_path, cap
     code = gpu_study.main(["--classes", "3", "--clips-per-class", "25", "--frames", "8",
                            "--dim", "8", "--trials", "2", "--epochs", "1", "--jobs-list", "1",
                            "--throughput-epochs", "1", "--write-workers", "1", "--device", "cpu",
-                           "--workdir", str(tmp_path)])
+                           "--workdir", str(tmp_path), "--json", str(tmp_path / "figures.json")])
     out = capsys.readouterr().out
     assert code == 0
     assert "75 clips = 3 classes x 25" in out
@@ -37,3 +38,8 @@ def test_tiny_run_holds_the_trial_budget_and_reports_no_gpu_on_cpu(tmp_path, cap
     assert study and int(study.group(1)) == 2 and float(study.group(2)) > 0
     assert "GPU: n/a (no GPU)" in out
     assert re.search(r"default config \(GRU 2x256, batch 256\): \d+ examples/s", out)
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    assert figures["clips"] == 75 and figures["device"] == "cpu"
+    (only,) = figures["studies"]
+    assert only["jobs"] == 1 and only["trials"] == 2 and only["trials_per_hour"] > 0
+    assert only["gpu_util"] is None
