@@ -34,7 +34,7 @@ class BestCheckpoint:
         self, study: optuna.Study, trial_number: int, value: float, model: nn.Module,
         spec: ModelSpec,
     ) -> bool:
-        """Save the model if its value beats the checkpoint's (of this study); return whether it did."""
+        """Save the model if its value beats the one best.pt holds; return whether it did."""
         with self._locked():
             held = self.stored_value(study.study_name)
             if held is not None and value <= held:
@@ -43,7 +43,7 @@ class BestCheckpoint:
             return True
 
     def stored_value(self, study_name: str) -> float | None:
-        """Return the value written in the checkpoint file for this study, None when there is none."""
+        """Return the value written in the checkpoint file for this study, else None."""
         if not self.path.is_file():
             return None
         try:
