@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shlex
 import sys
 import threading
 import time
@@ -142,7 +143,7 @@ def _report(args: argparse.Namespace) -> int:
 
     from search.errors import StudyError
     from search.report import write_report
-    from search.storage import open_storage
+    from search.storage import open_storage, redact_url
 
     _, name, url = _names(args)
     storage = open_storage(url)
@@ -150,7 +151,7 @@ def _report(args: argparse.Namespace) -> int:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         raise StudyError(
-            f"no study named {name!r} in {url}; check --study-name and --storage"
+            f"no study named {name!r} in {redact_url(url)}; check --study-name and --storage"
         ) from None
     out = write_report(study, args.out or Path("studies/runs") / name / "report.html")
     print(f"report: {out}")
@@ -181,7 +182,7 @@ def _study(args: argparse.Namespace) -> int:
     from search.manifest import trial_seed
     from search.objective import TrialSettings, loaders, objective
     from search.runner import counted_trials, run_trials
-    from search.storage import open_storage
+    from search.storage import open_storage, redact_url
     from search.study import make_sampler, open_study
     from search.study_data import load_study_data, resolve_pattern
 
@@ -221,7 +222,7 @@ def _study(args: argparse.Namespace) -> int:
     # On a GPU the train and validation clips are copied to the device once, here, and every
     # trial's loaders find this copy (datasets.batches shares it while anyone holds it).
     resident = loaders({}, settings, seed, ("train", "val")) if device != "cpu" else []
-    print(f"study {name!r} in {url}: {len(data.parts['train'])} train / "
+    print(f"study {name!r} in {redact_url(url)}: {len(data.parts['train'])} train / "
           f"{len(data.parts['val'])} val / {len(data.parts['test'])} test clips, "
           f"{data.features.feature_dim}-d, device {device}, W&B {mode}")
 
@@ -290,10 +291,28 @@ def _finish(study, settings, out_dir: Path, outcome: str, args: argparse.Namespa
 
 
 def _dashboard_command(url: str, out_dir: Path) -> str:
+    """Return the optuna-dashboard command for this storage, never with its password.
+
+    The password is left out rather than shown as ***: libpq reads PGPASSWORD (or ~/.pgpass)
+    when the URL has none, so the printed command works as it stands once that is set.
+    """
+    import sqlalchemy
+
     from search.storage import journal_path
 
+    artifacts = f"--artifact-dir {shlex.quote(str(out_dir / 'artifacts'))}"
     journal = journal_path(url)  # the dashboard takes a journal file by its path
-    return f"optuna-dashboard {journal or url} --artifact-dir {out_dir / 'artifacts'}"
+    if journal is not None:
+        return f"optuna-dashboard {shlex.quote(str(journal))} {artifacts}"
+    parsed = sqlalchemy.engine.make_url(url)  # open_storage has read it already
+    shown, note = url, ""
+    if parsed.password or parsed.query.get("password"):
+        parsed = parsed.difference_update_query(["password"])
+        # URL is a named tuple; its .set() keeps the password when given None.
+        shown = parsed._replace(password=None).render_as_string(hide_password=False)
+        note = ("  (password left out: set PGPASSWORD first)" if shown.startswith("postgres")
+                else "  (password left out: put it back into the URL)")
+    return f"optuna-dashboard {shlex.quote(shown)} {artifacts}{note}"
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.storage import redact_url
+
 
 def format_params(params: dict[str, Any]) -> str:
     """Return params as short key=value pairs."""
@@ -65,7 +67,7 @@ def summary(
     if baseline:
         lines.append(f"bag-of-frames baseline: val_top1={baseline['bag_of_frames_val_top1']:.4f} "
                      f"test_top1={baseline['bag_of_frames_test_top1']:.4f}")
-    lines.append(f"storage: {storage_url}")
+    lines.append(f"storage: {redact_url(storage_url)}")
     lines.extend(f"{k}: {v}" for k, v in where.items())
     lines.append(f"watch it: {dashboard_cmd}")
     if sync_cmd:
