@@ -244,29 +244,79 @@ def _study(args: argparse.Namespace) -> int:
                          sampler_for=lambda n: make_sampler(definition.sampler,
                                                             trial_seed(seed, n)))
     bar.close()
-    where = _finish(study, settings, out_dir, outcome.reason, args)
+    try:
+        where, scored_here = _finish(study, settings, out_dir, outcome.reason, args, url)
+    except KeyboardInterrupt:
+        print("interrupted while scoring the best trial on the test groups; run the same "
+              "command again to score it", file=sys.stderr)
+        return 130
     del resident  # held until the final scoring is done
     print(console.summary(
         study, wall_s=time.perf_counter() - started, outcome=outcome.reason, storage_url=url,
         where=where, dashboard_cmd=_dashboard_command(url, out_dir),
-        sync_cmd=tracking.sync_command(track)))
+        sync_cmd=tracking.sync_command(track), final_is_new=scored_here))
     return 130 if outcome.reason == "interrupted" else 0
 
 
-def _finish(study, settings, out_dir: Path, outcome: str, args: argparse.Namespace) -> dict:
-    """Score the best trial on the test groups, attach artifacts, log the study run, report."""
+# Study user attr: how many trials the study held when its last worker wrapped it up.
+WRAPPED_UP_ATTR = "wrapped_up_at_trials"
+
+
+def _finish(
+    study, settings, out_dir: Path, outcome: str, args: argparse.Namespace, url: str
+) -> tuple[dict[str, str], bool]:
+    """Wrap the study up if this worker is the last to finish; write the HTML report.
+
+    Returns where things are and whether this run scored the test groups. The decision and
+    the wrap-up hold the storage's budget lock, so of workers ending together exactly one
+    scores the test groups and writes the W&B study run; a lock dies with its process, so a
+    worker killed mid-way leaves the wrap-up to the next run of the same command.
+    """
+    from optuna.trial import TrialState
+
+    from search.report import write_report
+    from search.runner import counted_trials
+    from search.storage import budget_lock
+
+    where: dict[str, str] = {}
+    scored_here = False
+    if outcome == "interrupted":  # the study is not done: a later run wraps it up
+        where["test scores and W&B study run"] = "not written (interrupted)"
+    else:
+        with budget_lock(url, study.study_name):
+            trials = study.get_trials(deepcopy=False)
+            busy = any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+            # A --timeout ends this worker's part too; the budget need not be met then.
+            done = counted_trials(trials) >= args.trials or outcome == "timeout"
+            if busy or not done:
+                where["test scores and W&B study run"] = "left to the last worker to finish"
+            elif study.user_attrs.get(WRAPPED_UP_ATTR) != len(trials):
+                where, scored_here = _wrap_up(study, settings, out_dir)
+                study.set_user_attr(WRAPPED_UP_ATTR, len(trials))
+    if args.wandb_report:
+        from search import tracking
+
+        try:
+            where["W&B report"] = tracking.build_report(settings.tracking, study.study_name,
+                                                        settings.definition.searched())
+        except tracking.TrackingError as exc:  # offline: says how to build it after syncing
+            where["W&B report"] = str(exc)
+    where["report"] = str(write_report(study, out_dir / "report.html"))
+    return where, scored_here
+
+
+def _wrap_up(study, settings, out_dir: Path) -> tuple[dict[str, str], bool]:
+    """Score the best trial on the test groups (once per best), the baseline, the study run."""
     import numpy as np
     from optuna.trial import TrialState
 
     from search import tracking
     from search.artifacts import attach_best_artifacts, render_confusion_png
     from search.final import score_baseline, score_best
-    from search.report import write_report
 
     where: dict[str, str] = {}
-    has_best = bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    confusion = None
-    if has_best and outcome != "interrupted":
+    scored_here, confusion = False, None
+    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         final, scored_here = score_best(study, settings, out_dir)
         score_baseline(study, settings)
         confusion = np.asarray(final["test"]["confusion"])
@@ -274,20 +324,13 @@ def _finish(study, settings, out_dir: Path, outcome: str, args: argparse.Namespa
             png = render_confusion_png(confusion, final["class_names"],
                                        out_dir / "test-confusion.png")
             attach_best_artifacts(study, final["trial_number"], [png], settings.artifact_dir)
-            where["best checkpoint"] = str(settings.best.path)
-            where["final scores"] = str(out_dir / "final.json")
+        where["best checkpoint"] = str(settings.best.path)
+        where["final scores"] = str(out_dir / "final.json")
     run_path = tracking.log_study_run(settings.tracking, study, confusion,
                                       settings.data.class_names)
     if run_path:
         where["W&B study run"] = run_path
-    if args.wandb_report:
-        try:
-            where["W&B report"] = tracking.build_report(settings.tracking, study.study_name,
-                                                        settings.definition.searched())
-        except tracking.TrackingError as exc:  # offline: says how to build it after syncing
-            where["W&B report"] = str(exc)
-    where["report"] = str(write_report(study, out_dir / "report.html"))
-    return where
+    return where, scored_here
 
 
 def _dashboard_command(url: str, out_dir: Path) -> str:
