@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 
 DEFAULT_STUDY = "studies/ucf101_rnn.yaml"
+HERE = Path(__file__).resolve().parent
 
 
 def _positive_int(text: str) -> int:
@@ -56,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_positive_float, default=None,
                    help="stop starting new trials after this many seconds")
     p.add_argument("--study", default=DEFAULT_STUDY,
-                   help="study definition file: search space, epochs, pruner, sampler, data")
+                   help="study definition file: search space, epochs, pruner, sampler, data "
+                        "(the default is taken next to run_study.py when the working "
+                        "directory has no studies/ucf101_rnn.yaml)")
     p.add_argument("--study-name", default=None,
                    help="name of the study in the storage (default: the definition's name)")
     p.add_argument("--storage", default=None,
@@ -84,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run every trial to its full epoch budget")
     p.add_argument("--out-dir", default=None,
                    help="where checkpoints, final scores and the report go "
-                        "(default: studies/runs/NAME)")
+                        "(default: studies/runs/NAME; see --study for where studies/ is)")
     p.add_argument("--heartbeat", type=_positive_int, default=10,
                    help="seconds between a trial's heartbeats on a database storage; a trial "
                         "silent for 3x this is failed and retried with the same params")
@@ -129,13 +132,62 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _home() -> Path:
+    """Return the folder default paths are relative to: the cwd when it has studies/, else ours.
+
+    Run from elsewhere, `python path/to/run_study.py` then finds its definition and writes the
+    study, its runs, the demo set and the cache where a run from the repository would.
+    """
+    return Path() if Path("studies").is_dir() else HERE
+
+
 def _names(args: argparse.Namespace):
+    """Return the study definition, the study's name and its storage URL."""
     from search.definition import load_definition
     from search.storage import default_storage_url
 
-    definition = load_definition(args.study)
+    home = _home()
+    study_file = Path(args.study)
+    if args.study == DEFAULT_STUDY and not study_file.is_file():
+        study_file = HERE / DEFAULT_STUDY
+    definition = load_definition(study_file)
+    if study_file == HERE / DEFAULT_STUDY and home == HERE:
+        definition = _data_at(definition, HERE)
     name = args.study_name or definition.name
-    return definition, name, args.storage or default_storage_url(name)
+    return definition, name, args.storage or default_storage_url(name, home / "studies")
+
+
+def _data_at(definition, root: Path):
+    """Return the definition with its relative data paths taken from root."""
+    import dataclasses
+
+    def at_root(path: str | None) -> str | None:
+        return path if path is None or Path(path).is_absolute() else str(root / path)
+
+    data = definition.data
+    return dataclasses.replace(definition, data=dataclasses.replace(
+        data, pattern=at_root(data.pattern), cache_dir=at_root(data.cache_dir),
+        lists_dir=at_root(data.lists_dir)))
+
+
+def _resolve_pattern(spec, override: str | None) -> tuple[str, bool]:
+    """Return the shard glob and whether it is the demo set, which lives under _home()/data."""
+    import glob
+
+    from search.demo_data import ensure_demo_data
+    from search.study_data import DEFAULT_PATTERN, resolve_pattern
+
+    home = _home()
+    if override or home == Path() or spec.pattern != str(home / DEFAULT_PATTERN):
+        return resolve_pattern(spec, override)
+    if glob.glob(spec.pattern):
+        return spec.pattern, False
+    return ensure_demo_data(home / "data" / "demo"), True
+
+
+def _out_dir(args: argparse.Namespace, name: str) -> Path:
+    """Return --out-dir, else studies/runs/NAME under _home()."""
+    return Path(args.out_dir) if args.out_dir else _home() / "studies" / "runs" / name
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -153,7 +205,7 @@ def _report(args: argparse.Namespace) -> int:
         raise StudyError(
             f"no study named {name!r} in {redact_url(url)}; check --study-name and --storage"
         ) from None
-    out = write_report(study, args.out or Path("studies/runs") / name / "report.html")
+    out = write_report(study, args.out or _home() / "studies" / "runs" / name / "report.html")
     print(f"report: {out}")
     return 0
 
@@ -184,7 +236,7 @@ def _study(args: argparse.Namespace) -> int:
     from search.runner import counted_trials, run_trials
     from search.storage import open_storage, redact_url
     from search.study import make_sampler, open_study
-    from search.study_data import load_study_data, resolve_pattern
+    from search.study_data import load_study_data
 
     started = time.perf_counter()
     if args.verbose:
@@ -195,10 +247,10 @@ def _study(args: argparse.Namespace) -> int:
     definition, name, url = _names(args)
     device = _device(args.device)
     seed = definition.sampler.seed if args.seed is None else args.seed
-    out_dir = Path(args.out_dir or Path("studies/runs") / name)
+    out_dir = _out_dir(args, name)
 
     # Everything that can be wrong with the input is found before the storage is touched.
-    pattern, demo = resolve_pattern(definition.data, args.data)
+    pattern, demo = _resolve_pattern(definition.data, args.data)
     if demo:
         print(f"no data given and none in {definition.data.pattern}: using the embedded "
               f"synthetic demo set {pattern}")
