@@ -342,7 +342,7 @@ def _finish(
             done = counted_trials(trials) >= args.trials or outcome == "timeout"
             if busy or not done:
                 where["test scores and W&B study run"] = "left to the last worker to finish"
-            elif study.user_attrs.get(WRAPPED_UP_ATTR) != len(trials):
+            elif study.user_attrs.get(WRAPPED_UP_ATTR) != len(trials) or _unscored(study):
                 where, scored_here = _wrap_up(study, settings, out_dir)
                 study.set_user_attr(WRAPPED_UP_ATTR, len(trials))
     if args.wandb_report:
@@ -355,6 +355,16 @@ def _finish(
             where["W&B report"] = str(exc)
     where["report"] = str(write_report(study, out_dir / "report.html"))
     return where, scored_here
+
+
+def _unscored(study) -> bool:
+    """Whether the study's best trial has no test scores (e.g. they were removed)."""
+    try:
+        best = study.best_trial
+    except ValueError:  # no complete trial: nothing to score
+        return False
+    final = study.user_attrs.get("final") or {}
+    return final.get("trial_number") != best.number
 
 
 def _wrap_up(study, settings, out_dir: Path) -> tuple[dict[str, str], bool]:
