@@ -110,11 +110,61 @@ def build_report_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_study_flags(p: argparse.ArgumentParser) -> None:
+    """Add the flags that find a finished study and its data (audit, evaluate)."""
+    p.add_argument("--study", default=DEFAULT_STUDY, help="study definition file")
+    p.add_argument("--study-name", default=None, help="study name (default: the definition's)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL "
+                   "(default: sqlite:///studies/NAME.db)")
+    p.add_argument("--data", default=None,
+                   help="glob of TFRecord shards the study ran on (default: the definition's "
+                        "data.pattern; the embedded demo set when that matches nothing)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N; auto takes the GPU")
+    p.add_argument("--out-dir", default=None,
+                   help="where the results go (default: studies/runs/NAME)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+
+
+def build_audit_parser() -> argparse.ArgumentParser:
+    """Return the flags of the audit subcommand."""
+    p = argparse.ArgumentParser(
+        prog="run_study.py audit",
+        description="Re-run a seeded sample of the study's pruned trials (own params and seed) "
+        "to their full budget without pruning, and report how many would have finished above "
+        "the median / the best of the completed trials. The re-runs are not added to the study.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--sample", type=_positive_int, default=10,
+                   help="pruned trials to re-run (all of them when there are fewer)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help="epoch budget of a re-run: the study's own (default: the definition's "
+                        "train.max_epochs; give the --epochs the study ran with, if any)")
+    _add_study_flags(p)
+    return p
+
+
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    """Return the flags of the evaluate subcommand."""
+    p = argparse.ArgumentParser(
+        prog="run_study.py evaluate",
+        description="The UCF-101 protocol: refit the study's best configuration on each "
+        "official split's training groups for its best epoch count and score that split's "
+        "test groups; prints top-1 per split (95% bootstrap interval) and mean +- std.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--splits", type=int, nargs="+", choices=(1, 2, 3), default=[1, 2, 3],
+                   help="official splits to score")
+    p.add_argument("--draws", type=_positive_int, default=1000,
+                   help="bootstrap resamples of the test clips per split")
+    _add_study_flags(p)
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     argv = sys.argv[1:] if argv is None else argv
-    from datasets.errors import DataError
-    from search.errors import StudyError
+    from datasets.errors import UserError
     from search.tracking import TrackingError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -123,8 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["report"]:
             return _report(build_report_parser().parse_args(argv[1:]))
+        if argv[:1] in (["audit"], ["evaluate"]):
+            return _audit_or_evaluate(argv[0], argv[1:])
         return _study(build_parser().parse_args(argv))
-    except (DataError, StudyError, TrackingError) as exc:
+    except (UserError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before any trial started: nothing to clean up
@@ -210,6 +262,120 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finished_study(args: argparse.Namespace):
+    """Return the loaded study, the settings its trials ran with, and the output folder."""
+    import optuna
+
+    from search.best_checkpoint import BestCheckpoint
+    from search.errors import StudyError
+    from search.objective import TrialSettings
+    from search.storage import open_storage
+    from search.study_data import load_study_data, resolve_pattern
+    from search.tracking import TrackingConfig
+
+    if args.verbose:
+        logging.getLogger().setLevel(logging.INFO)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    definition, name, url = _names(args)
+    device = _device(args.device)
+    out_dir = Path(args.out_dir or Path("studies/runs") / name)
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
+    except KeyError:
+        raise StudyError(
+            f"no study named {name!r} in {url}; check --study-name and --storage"
+        ) from None
+    pattern, demo = resolve_pattern(definition.data, args.data)
+    data = load_study_data(definition.data, pattern, demo)
+    known = study.user_attrs.get("data_fingerprint")
+    if known and known != data.features.fingerprint:
+        raise StudyError(f"the data {pattern} is not the data study {name!r} ran on "
+                         "(fingerprints differ); pass the study's --data")
+    settings = TrialSettings(
+        definition=definition, data=data, device=device,
+        seed=int(study.user_attrs.get("seed", definition.sampler.seed)),
+        epochs=getattr(args, "epochs", None) or definition.train.max_epochs,
+        prune=False,
+        tracking=TrackingConfig(mode="disabled", project=definition.tracking.project,
+                                group=name, dir=str(out_dir)),
+        best=BestCheckpoint(out_dir / "best.pt"), artifact_dir=out_dir / "artifacts")
+    return study, settings, out_dir
+
+
+def _audit_or_evaluate(command: str, argv: list[str]) -> int:
+    """Run the audit or evaluate subcommand; store its record on the study and in out_dir."""
+    import json
+
+    from search.errors import StudyError
+
+    parser = build_audit_parser() if command == "audit" else build_evaluate_parser()
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    study, settings, out_dir = _finished_study(args)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if command == "audit":
+        from search.audit import audit_study
+
+        record = audit_study(study, settings, args.sample, seed=args.seed)
+        study.set_user_attr("audit", record)
+        (out_dir / "audit.json").write_text(json.dumps(record, indent=1))
+        print(_audit_text(record, out_dir / "audit.json"))
+        return 0
+
+    from search.final import best_epochs, best_params
+    from search.protocol import evaluate_splits
+
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise StudyError(f"study {study.study_name!r} has no completed trial to evaluate; "
+                         "run the search first") from None
+    seed = int(best.user_attrs.get("manifest", {}).get("seed", 0))
+    record = evaluate_splits(best_params(study, settings), settings, seed,
+                             best_epochs(best, settings), args.splits, draws=args.draws)
+    record["trial_number"] = best.number
+    study.set_user_attr("protocol", record)
+    path = out_dir / "final.json"
+    final = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**final, "protocol": record}, indent=1))
+    lines = [f"trial #{best.number} refit for {record['epochs']} epochs on each split:"]
+    for s in record["splits"]:
+        low, high = s["interval95"]
+        lines.append(f"  split {s['split']}: test top-1 {s['top1']:.4f} "
+                     f"(95% bootstrap {low:.4f}-{high:.4f}, {s['test_clips']} clips)")
+    lines.append(f"  mean over {len(record['splits'])} splits: {record['mean_top1']:.4f} "
+                 f"+- {record['std_top1']:.4f} (std)")
+    lines.append(f"written to {path} (key protocol) and the study's user attr 'protocol' "
+                 f"in {time.perf_counter() - started:.0f} s")
+    print("\n".join(lines))
+    return 0
+
+
+def _audit_text(record: dict, path: Path) -> str:
+    """Return the audit's table and verdict as printed lines."""
+    lines = [f"audit of {record['audited']} of {record['pruned']} pruned trials against "
+             f"{record['complete']} completed (median {record['median']:.4f}, "
+             f"best {record['best']:.4f}):",
+             "  trial  pruned@  value then  final value  epochs  >median  >best"]
+    for r in record["reruns"]:
+        then, final = r["value_when_pruned"], r["final_value"]
+        lines.append(
+            f"  {r['trial_number']:>5}  {r['pruned_epoch'] if r['pruned_epoch'] else '?':>7}  "
+            f"{'?' if then is None else f'{then:.4f}':>10}  "
+            f"{'diverged' if final is None else f'{final:.4f}':>11}  {r['epochs']:>6}  "
+            f"{'yes' if r['beat_median'] else 'no':>7}  {'yes' if r['beat_best'] else 'no':>5}")
+    if record["audited"]:
+        low, high = record["interval95"]
+        lines.append(f"false-prune rate {record['false_prune_rate']:.3f} "
+                     f"({record['beat_median']}/{record['audited']} beat the median; 95% Wilson "
+                     f"interval {low:.3f}-{high:.3f}); {record['beat_best']} beat the best")
+    else:
+        lines.append("no pruned trial to audit")
+    lines.append(f"{record['wall_s']:.0f} s; written to {path} and the study's user attr 'audit'")
+    return "\n".join(lines)
+
+
 def _device(requested: str) -> str:
     import torch
 
@@ -265,7 +431,7 @@ def _study(args: argparse.Namespace) -> int:
                                     or definition.tracking.project, group=name, dir=str(out_dir),
                                     entity=definition.tracking.entity)
     settings = TrialSettings(definition=definition, data=data, device=device, seed=seed,
-                             epochs=args.epochs or definition.train.epochs,
+                             epochs=args.epochs or definition.train.max_epochs,
                              prune=not args.no_prune, tracking=track,
                              best=BestCheckpoint(out_dir / "best.pt"),
                              artifact_dir=out_dir / "artifacts")

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets import extract
 from datasets.extract import ExtractConfig, decode_video
+from datasets.extract.run import _default_workers
 
 
 def make_videos(root: Path, count: int, seconds: float) -> list[Path]:
@@ -134,7 +135,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=None, help="decode workers (CPU cores - 1)")
     args = p.parse_args()
     device = torch.device(args.device)
-    workers = extract._default_workers() if args.workers is None else args.workers
+    workers = _default_workers() if args.workers is None else args.workers
     batch = args.batch_size or (256 if device.type == "cuda" else 32)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from datasets.errors import DataError
+from datasets.errors import UserError
 
 # name -> module; a new command is one more line here plus a module with the same three names.
 COMMANDS = {"inspect": "datasets.inspect"}
@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
-    except DataError as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,9 +1,16 @@
-"""Decode TFRecord shards once into a memory-mapped fp16 feature cache, fingerprinted by source.
+"""Decode TFRecord shards once into a memory-mapped fp16 feature cache, keyed by the sources.
 
 Layout of one cache, cache_dir/<fingerprint>/:
     frames.f16     raw little-endian float16, (total_frames, dim), clips back to back, no padding
     meta.npz       offsets (n+1,) int64, labels (n,) int64, fps (n,) float32, filenames, texts
-    manifest.json  format version, shape, source files (path, size, mtime_ns), decode time
+    manifest.json  format version, shape, source files (path, size, mtime_ns, records), decode time
+
+The folder name (the fingerprint) is a hash of each source file's path, size, mtime and a
+framing digest (records.framing_digest: every record's stored CRC for plain shards, the first
+and last 64 KiB for GZIP ones). Path, size and mtime alone miss a shard rewritten in place with
+the same size and mtime (copy tools that keep times); the CRCs see any changed record while
+reading ~16 bytes per record, far less than a decode. It is not a hash of every byte: a GZIP
+shard changed only in its middle with its size, mtime and trailer kept would be missed.
 
 A cache is built in a hidden temp folder next to it and published with one os.rename, so a
 reader sees a whole cache or none. Builders on one machine take turns on a lock file (the
@@ -82,7 +89,7 @@ class FeatureSet:
 
 
 def source_fingerprint(paths: Sequence[str]) -> str:
-    """Return a hash of the files' resolved paths, sizes and mtimes (in order) plus the format."""
+    """Return a hash of the files' paths, sizes, mtimes and framing digests (in order) + format."""
     sources = _describe_sources(paths)
     payload = json.dumps({"format": FORMAT_VERSION, "sources": sources}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
@@ -93,9 +100,11 @@ def _describe_sources(paths: Sequence[str]) -> list[dict]:
     for p in paths:
         try:
             st = os.stat(p)
+            framing = records.framing_digest(p).hex()[:32]
         except OSError as err:
             raise DataError(f"cannot read TFRecord file {p!r}: {err.strerror}") from None
-        out.append({"path": str(Path(p).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        out.append({"path": str(Path(p).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                    "records": framing})
     return out
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets import records
-from datasets.errors import DataError
+from datasets.errors import DataError, UserError
 from datasets.records import Clip
 from datasets.ucf101 import CLASS_NAMES, NUM_CLASSES, clip_filename
 
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             classes=args.classes, seed=args.seed, shard_size=args.shard_size,
             workers=args.workers,
         )
-    except DataError as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start

@@ -15,12 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from datasets.errors import UserError
 from models.rnn import ModelSpec, build_model
 
 FORMAT = 1  # bump when the layout below changes
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint file that cannot be read; the message says which and why."""
 
 

@@ -1,4 +1,7 @@
-"""Score a model on a loader: loss, top-1, top-5, per-class accuracy, confusion matrix.
+"""Score a model on a loader: loss, top-1, top-5, per-class accuracy, confusion, per-clip outcomes.
+
+Scoring is fp32 (no autocast, even where training uses bf16), so what the search sees, the test
+score and every confusion matrix are computed the same way.
 
 Also a command: `python -m models.evaluate CHECKPOINT --part test` prints top-1/top-5 and
 the worst classes of a checkpoint written by `python -m models.train`.
@@ -9,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,13 +34,17 @@ class Evaluation:
     per_class: np.ndarray  # (num_classes + 1,) accuracy per class id, nan where no clips
     confusion: np.ndarray  # (num_classes + 1, num_classes + 1) int64; row = true, col = predicted
     examples: int
+    # Per clip, in the loader's order (fixed when unshuffled): paired tests between models need it.
+    correct: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # (examples,)
+    clip_loss: np.ndarray = field(  # (examples,) float32 cross entropy
+        default_factory=lambda: np.zeros(0, dtype=np.float32))
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: BatchLoader, device: str | torch.device = "cpu", *, amp: bool = False
+    model: nn.Module, loader: BatchLoader, device: str | torch.device = "cpu"
 ) -> Evaluation:
-    """Return the Evaluation of model on every clip of loader (amp: bf16 autocast on CUDA)."""
+    """Return the fp32 Evaluation of model on every clip of loader."""
     device = torch.device(device)
     was_training = model.training
     model.to(device).eval()
@@ -45,20 +52,24 @@ def evaluate(
     top1 = torch.zeros((), dtype=torch.int64, device=device)
     top5 = torch.zeros((), dtype=torch.int64, device=device)
     confusion: torch.Tensor | None = None  # (k * k,) counts, flattened for bincount
+    correct: list[torch.Tensor] = []  # per batch, (batch,) bool, kept on the device until the end
+    clip_loss: list[torch.Tensor] = []  # per batch, (batch,) float32
     examples = 0
     try:
         for batch in loader.epoch(0):
             features = batch.features.to(device, non_blocking=True)  # (batch, time, dim)
             lengths = batch.lengths.to(device, non_blocking=True)  # (batch,)
             labels = batch.labels.to(device, non_blocking=True)  # (batch,)
-            with torch.autocast(device.type, dtype=torch.bfloat16,
-                                enabled=amp and device.type == "cuda"):
-                logits = model(features, lengths)  # (batch, k), k = num_classes + 1
-            logits = logits.float()
+            # An autocast region opened by a caller (training's bf16) must not reach scoring.
+            with torch.autocast(device.type, enabled=False):
+                logits = model(features, lengths).float()  # (batch, k), k = num_classes + 1
             k = logits.shape[1]
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+            losses = F.cross_entropy(logits, labels, reduction="none")  # (batch,)
+            loss_sum += losses.sum()
             best = logits.topk(min(5, k), dim=1).indices  # (batch, 5)
             hits = best == labels[:, None]  # (batch, 5)
+            correct.append(hits[:, 0])
+            clip_loss.append(losses)
             top1 += hits[:, 0].sum()
             top5 += hits.any(dim=1).sum()
             counts = torch.bincount(labels * k + best[:, 0], minlength=k * k)
@@ -79,6 +90,8 @@ def evaluate(
         per_class=per_class,
         confusion=matrix,
         examples=examples,
+        correct=torch.cat(correct).cpu().numpy(),
+        clip_loss=torch.cat(clip_loss).cpu().numpy().astype(np.float32),
     )
 
 
@@ -91,8 +104,8 @@ def worst_classes(ev: Evaluation, n: int) -> list[tuple[int, float, int, int]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: evaluate a checkpoint on one part of the data; returns the exit status."""
-    from datasets.errors import DataError
-    from models.checkpoint import CheckpointError, load_checkpoint
+    from datasets.errors import UserError
+    from models.checkpoint import load_checkpoint
     from models.train import DEFAULT_DATA, open_parts, resolve_device
 
     parser = argparse.ArgumentParser(
@@ -136,11 +149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parts=(args.part,),
             input_dim=spec.input_dim,
         )
-    except (DataError, CheckpointError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     device = resolve_device(args.device)
-    ev = evaluate(model, loaders[args.part], device, amp=False)
+    ev = evaluate(model, loaders[args.part], device)
     names = dict(zip(data.labels.tolist(), data.texts, strict=True))
     print(f"checkpoint: {args.checkpoint} ({spec.kind}"
           + (f" {spec.cell} {spec.layers}x{spec.hidden}" if spec.kind == "rnn" else "") + ")")

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from datasets.batches import BatchLoader
 from datasets.cache import FeatureSet, load_features
-from datasets.errors import DataError
+from datasets.errors import DataError, UserError
 from datasets.splits import SplitSpec, split_parts
 from datasets.ucf101 import NUM_CLASSES
 from models.checkpoint import save_checkpoint
@@ -141,18 +141,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             val_groups=args.val_groups, split_seed=0, stride=args.stride,
             batch_size=args.batch_size, device=device, seed=args.seed, bucket=args.bucket,
         )
-        spec = ModelSpec(
-            kind=args.model, input_dim=data.feature_dim,
-            num_classes=max(NUM_CLASSES, int(data.labels.max())), cell=args.cell,
-            hidden=args.hidden, layers=args.layers, dropout=args.dropout,
-            frame_level=args.frame_level,
-        )
-        config = TrainConfig(
-            lr=args.lr, clip_norm=args.clip_norm, weight_decay=args.weight_decay,
-            epochs=args.epochs, seed=args.seed, device=device, amp=args.amp,
-            frame_level=args.frame_level, log_every=args.log_every,
-        )
-    except (DataError, ValueError) as e:
+        try:  # these classes check their arguments; here every argument is a flag's value
+            spec = ModelSpec(
+                kind=args.model, input_dim=data.feature_dim,
+                num_classes=max(NUM_CLASSES, int(data.labels.max())), cell=args.cell,
+                hidden=args.hidden, layers=args.layers, dropout=args.dropout,
+                frame_level=args.frame_level,
+            )
+            config = TrainConfig(
+                lr=args.lr, clip_norm=args.clip_norm, weight_decay=args.weight_decay,
+                epochs=args.epochs, seed=args.seed, device=device, amp=args.amp,
+                frame_level=args.frame_level, log_every=args.log_every,
+            )
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"data: {args.data}: {len(data)} clips, {data.feature_dim}-d; "
@@ -180,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bar.close()
         print(f"error: training diverged: {e.reason}", file=sys.stderr)
         return 1
-    except DataError as e:  # a shard that changed or broke under a running loader
+    except UserError as e:  # a shard that changed or broke under a running loader
         bar.close()
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,9 +1,10 @@
 """The training loop: AdamW, global-norm clipping, bf16 autocast on CUDA, validation every epoch.
 
 One call to `train` is one trial's training run. It keeps the best epoch's weights (by
-validation top-1, ties to the lower validation loss), reports each epoch and every
-`log_every` steps through callbacks, and stops with TrainingDiverged the moment a loss or
-gradient norm is not finite, never stepping the optimizer on such gradients.
+validation top-1, ties to the lower validation loss), stops early after `patience` epochs
+without such an improvement, reports each epoch and every `log_every` steps through
+callbacks, and stops with TrainingDiverged the moment a loss or gradient norm is not
+finite, never stepping the optimizer on such gradients. Validation is scored in fp32.
 
 Divergence checks without a GPU sync per step: each step's loss, gradient norm and hit
 count stay on the device and are read back together every `log_every` steps and at the end
@@ -25,9 +26,10 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -48,7 +50,8 @@ class TrainConfig:
     lr: float = 1e-3
     clip_norm: float = 1.0  # max global gradient norm; <= 0 measures the norm but never clips
     weight_decay: float = 0.0  # decoupled (AdamW), on weight matrices only, not biases
-    epochs: int = 10
+    epochs: int = 10  # the most epochs a run trains (fewer when patience stops it)
+    patience: int = 0  # epochs without better validation (top-1, then loss) before a stop; 0 off
     seed: int = 0  # seeds dropout; seed model initialisation yourself before build_model
     device: str = "cpu"
     amp: bool = True  # bf16 autocast, on CUDA only
@@ -62,6 +65,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.patience < 0:
+            raise ValueError(f"TrainConfig.patience must be >= 0, got {self.patience}")
         if self.epochs < 1 or self.log_every < 1:
             raise ValueError(
                 f"TrainConfig.epochs and log_every must be >= 1, got {self.epochs}, "
@@ -82,6 +87,9 @@ class EpochResult:
     examples_per_s: float  # training examples per second (data loading included, validation not)
     max_grad_norm: float  # largest pre-clip global gradient norm this epoch
     seconds: float  # the whole epoch, validation included
+    # Per validation clip in the loader's order (None without validation): for paired pruning.
+    val_correct: np.ndarray | None = field(default=None, compare=False, repr=False)  # bool
+    val_clip_loss: np.ndarray | None = field(default=None, compare=False, repr=False)  # float32
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,8 @@ class TrainResult:
     best_val_top1: float
     best_state: dict  # state_dict of the best epoch, on CPU
     examples_per_s: float  # all training examples over all training time
+    epochs_run: int  # epochs trained: config.epochs unless patience stopped the run
+    stopped_early: bool  # patience ended the run before config.epochs
 
 
 class TrainingDiverged(RuntimeError):
@@ -242,12 +252,17 @@ def _forward_loss(model: nn.Module, features: Tensor, lengths: Tensor, labels: T
 def train(
     model: nn.Module,
     train_loader: BatchLoader,
-    val_loader: BatchLoader,
+    val_loader: BatchLoader | None,
     config: TrainConfig,
     on_epoch: Callable[[EpochResult], None] | None = None,
     on_step: Callable[[StepResult], None] | None = None,
 ) -> TrainResult:
-    """Train model in place and return every epoch's figures and the best epoch's weights."""
+    """Train model in place and return every epoch's figures and the best epoch's weights.
+
+    val_loader None: no validation at all (a refit on train + validation before the test):
+    exactly config.epochs epochs, the last epoch's weights are the result, val figures nan,
+    patience ignored.
+    """
     if len(train_loader) == 0:
         raise ValueError("train: the training loader yields no batches")
     device = torch.device(config.device)
@@ -274,6 +289,7 @@ def train(
     best: EpochResult | None = None
     best_state: dict = {}
     step = 0
+    stopped_early = False
     total_examples, total_seconds = 0, 0.0
     with _deterministic_on_cpu(device):
         for epoch in range(1, config.epochs + 1):
@@ -321,17 +337,25 @@ def train(
             done += new
             train_seconds = time.perf_counter() - start
             seen, train_loss, train_top1 = _summary(done)
-            val = evaluate(model, val_loader, device, amp=config.amp)
+            if val_loader is None:
+                val_loss = val_top1 = val_top5 = math.nan
+                val_correct = val_clip_loss = None
+            else:
+                val = evaluate(model, val_loader, device)
+                val_loss, val_top1, val_top5 = val.loss, val.top1, val.top5
+                val_correct, val_clip_loss = val.correct, val.clip_loss
             result = EpochResult(
                 epoch=epoch,
                 train_loss=train_loss,
                 train_top1=train_top1,
-                val_loss=val.loss,
-                val_top1=val.top1,
-                val_top5=val.top5,
+                val_loss=val_loss,
+                val_top1=val_top1,
+                val_top5=val_top5,
                 examples_per_s=seen / train_seconds,
                 max_grad_norm=max(s.grad_norm for s in done),
                 seconds=time.perf_counter() - start,
+                val_correct=val_correct,
+                val_clip_loss=val_clip_loss,
             )
             history.append(result)
             total_examples += seen
@@ -342,7 +366,8 @@ def train(
                 epoch, result.train_loss, result.train_top1, result.val_loss, result.val_top1,
                 result.val_top5, result.examples_per_s, result.max_grad_norm,
             )
-            if best is None or (result.val_top1, -result.val_loss) > (
+            # without validation every epoch is the newest best: the last one is the result
+            if val_loader is None or best is None or (result.val_top1, -result.val_loss) > (
                 best.val_top1, -best.val_loss
             ):
                 best = result
@@ -350,6 +375,12 @@ def train(
                               for k, v in model.state_dict().items()}
             if on_epoch is not None:
                 on_epoch(result)  # may raise (optuna.TrialPruned): it propagates
+            if (val_loader is not None and config.patience and epoch < config.epochs
+                    and epoch - best.epoch >= config.patience):
+                stopped_early = True
+                logger.info("stopping after epoch %d: no better validation since epoch %d "
+                            "(patience %d)", epoch, best.epoch, config.patience)
+                break
 
     assert best is not None  # epochs >= 1
     model.load_state_dict(best_state)
@@ -359,4 +390,6 @@ def train(
         best_val_top1=best.val_top1,
         best_state=best_state,
         examples_per_s=total_examples / total_seconds,
+        epochs_run=len(history),
+        stopped_early=stopped_early,
     )

@@ -65,17 +65,31 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class TrainSpec:
-    epochs: int = 10
+    max_epochs: int = 40  # the most epochs a trial trains (YAML also takes `epochs`)
+    patience: int = 6  # epochs without better val top-1 (ties: lower loss) before a stop; 0 off
     frame_level: bool = False
     explode_grad_norm: float = 1.0e4
     explode_loss: float = 100.0
 
+    @property
+    def epochs(self) -> int:
+        """The epoch budget, under its older name."""
+        return self.max_epochs
+
+
+PRUNER_KINDS = ("paired", "median", "successive_halving", "hyperband", "none")
+
 
 @dataclass(frozen=True)
 class PrunerSpec:
-    kind: str = "median"
+    kind: str = "paired"
     startup_trials: int = 5
     warmup_epochs: int = 2
+    metric: str = "top1"  # paired: what the test judges, top1 | loss
+    reference: str = "median"  # paired: the completed trial compared with, median | best
+    alpha: float = 0.01  # paired: prune only below this p (and the reference above chance)
+    min_resource: int = 1  # successive_halving / hyperband: epochs of the first rung
+    reduction_factor: int = 3  # successive_halving / hyperband
 
 
 @dataclass(frozen=True)
@@ -141,13 +155,23 @@ def parse_definition(raw: dict[str, Any], where: str = "study definition") -> St
         name=name,
         space=space,
         data=_section(DataSpec, raw.get("data"), f"{where}: data"),
-        train=_section(TrainSpec, raw.get("train"), f"{where}: train"),
+        train=_section(TrainSpec, _train_aliases(raw.get("train"), f"{where}: train"),
+                       f"{where}: train"),
         pruner=_section(PrunerSpec, raw.get("pruner"), f"{where}: pruner"),
         sampler=_section(SamplerSpec, raw.get("sampler"), f"{where}: sampler"),
         tracking=_section(TrackingSpec, raw.get("tracking"), f"{where}: tracking"),
     )
     _check_sections(definition, where)
     return definition
+
+
+def _train_aliases(raw: Any, where: str) -> Any:
+    """Return the train section with `epochs` read as max_epochs (its older name)."""
+    if not isinstance(raw, dict) or "epochs" not in raw:
+        return raw
+    if "max_epochs" in raw:
+        raise StudyError(f"{where}: give max_epochs or its older name epochs, not both")
+    return {("max_epochs" if k == "epochs" else k): v for k, v in raw.items()}
 
 
 def _reject_unknown(raw: dict[str, Any], known: set[str], where: str) -> None:
@@ -239,10 +263,16 @@ def _check_sections(d: StudyDefinition, where: str) -> None:
     checks = [
         (d.data.split in (1, 2, 3), "data.split must be 1, 2 or 3"),
         (1 <= d.data.val_groups <= 10, "data.val_groups must be between 1 and 10"),
-        (d.train.epochs >= 1, "train.epochs must be at least 1"),
+        (d.train.max_epochs >= 1, "train.max_epochs (train.epochs in older files) must be >= 1"),
+        (d.train.patience >= 0, "train.patience must be >= 0 (0 turns early stopping off)"),
         (d.train.explode_grad_norm > 0, "train.explode_grad_norm must be above 0"),
         (d.train.explode_loss > 0, "train.explode_loss must be above 0"),
-        (d.pruner.kind in ("median", "none"), "pruner.kind must be median or none"),
+        (d.pruner.kind in PRUNER_KINDS, f"pruner.kind must be one of {', '.join(PRUNER_KINDS)}"),
+        (d.pruner.metric in ("top1", "loss"), "pruner.metric must be top1 or loss"),
+        (d.pruner.reference in ("median", "best"), "pruner.reference must be median or best"),
+        (0 < d.pruner.alpha < 1, "pruner.alpha must be between 0 and 1 (e.g. 0.01)"),
+        (d.pruner.min_resource >= 1, "pruner.min_resource must be at least 1 epoch"),
+        (d.pruner.reduction_factor >= 2, "pruner.reduction_factor must be at least 2"),
         (d.pruner.startup_trials >= 0, "pruner.startup_trials must be >= 0"),
         (d.pruner.warmup_epochs >= 0, "pruner.warmup_epochs must be >= 0"),
         (d.sampler.kind in ("tpe", "random"), "sampler.kind must be tpe or random"),

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import torch
 
@@ -18,6 +19,7 @@ from models.rnn import ModelSpec, build_model
 from models.training import EpochResult, StepResult, TrainConfig, TrainingDiverged, train
 from search.artifacts import attach_best_artifacts, render_confusion_png
 from search.best_checkpoint import BestCheckpoint
+from search.clip_outcomes import CLASSES_KEY, outcome_attrs
 from search.definition import StudyDefinition
 from search.manifest import manifest, trial_seed
 from search.pruning import explain_prune
@@ -70,6 +72,7 @@ def train_config(params: dict[str, Any], settings: TrialSettings, seed: int) -> 
         clip_norm=float(params["clip_norm"]),
         weight_decay=float(params.get("weight_decay", 0.0)),
         epochs=settings.epochs,
+        patience=settings.definition.train.patience,
         seed=seed,
         device=settings.device,
         frame_level=settings.definition.train.frame_level,
@@ -111,6 +114,7 @@ def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Even
     run_config = {
         **params,
         "epochs_budget": settings.epochs,
+        "patience": settings.definition.train.patience,
         "data_fingerprint": fingerprint,
         "data": settings.data.pattern,
         "split": settings.definition.data.split,
@@ -143,6 +147,14 @@ def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Even
         def on_epoch(result: EpochResult) -> None:
             nonlocal best_so_far
             best_so_far = max(best_so_far, result.val_top1)
+            # Per-clip outcomes before the report: a pruner anywhere pairs them clip by clip.
+            if result.epoch == 1:  # chance for the pruner: the classes validation really holds
+                val_labels = settings.data.features.labels[settings.data.parts["val"]]
+                trial.set_user_attr(CLASSES_KEY, len(np.unique(val_labels)))
+            if result.val_correct is not None and result.val_clip_loss is not None:
+                for key, value in outcome_attrs(result.epoch, result.val_correct,
+                                                result.val_clip_loss).items():
+                    trial.set_user_attr(key, value)
             trial.report(result.val_top1, result.epoch)
             trial.set_user_attr("epochs_run", result.epoch)
             run.log_epoch(result.epoch, _epoch_metrics(result))
@@ -178,6 +190,8 @@ def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Even
             raise
         trial.set_user_attr("examples_per_s", round(result.examples_per_s, 1))
         trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("epochs_run", result.epochs_run)
+        trial.set_user_attr("stopped_early", result.stopped_early)
         model.load_state_dict(result.best_state)
         if settings.best.offer(trial.study, trial.number, result.best_val_top1, model, spec):
             _attach_artifacts(trial, model, val_loader, settings)

@@ -72,6 +72,8 @@ def render_report(study: optuna.Study) -> str:
         _parallel_section(study, complete, single),
         _slice_section(study, complete, single),
         _test_section(attrs.get("final")),
+        _protocol_section(attrs.get("protocol")),
+        _audit_section(attrs.get("audit")),
         _trials_section(trials),
     ]
     return _page(title, "\n".join(sections), with_plotly=True)
@@ -135,9 +137,24 @@ def _summary_section(study: optuna.Study, best: FrozenTrial | None, attrs: dict[
             ("test top-5", _pct(test.get("top5"))),
             ("test loss", _fmt(test.get("loss"))),
         ]
+        refit = final.get("refit")
+        if isinstance(refit, dict) and isinstance(refit.get("test"), dict):
+            score_rows[1] = ("test top-1, search model", _pct(test.get("top1")))
+            score_rows.insert(2, ("test top-1, refit model", _pct(refit["test"].get("top1"))))
         if final.get("checkpoint"):
             score_rows.append(("checkpoint", _fmt(final["checkpoint"])))
         right = "<h3>Test split</h3>" + _kv_table(score_rows)
+        if isinstance(refit, dict) and refit.get("diverged"):
+            right += _note("The refit on all training groups diverged: "
+                           + html.escape(str(refit["diverged"])))
+        elif isinstance(refit, dict) and isinstance(refit.get("test"), dict):
+            right += _note(
+                f"Search model: the best trial's weights, trained on the training groups only. "
+                f"Refit model: the same configuration retrained on all "
+                f"{html.escape(_fmt(refit.get('train_clips')))} training clips (validation "
+                f"groups included) for {html.escape(_fmt(refit.get('epochs')))} epochs, "
+                "its best epoch count; each was scored on the test groups once."
+            )
         if final.get("trial_number") != best.number:
             right += _note(
                 f"The test score belongs to trial #{final.get('trial_number')}; the best trial "
@@ -266,6 +283,72 @@ def _test_section(final: Any) -> str:
     if not parts:
         return _card(title, _note("The final score has no confusion matrix or per-class table."))
     return _card(title, "".join(parts))
+
+
+def _protocol_section(protocol: Any) -> str:
+    title = "UCF-101 protocol: the best configuration on each official split"
+    if not isinstance(protocol, dict) or not protocol.get("splits"):
+        return _card(title, _note(
+            "Not run: <code>python run_study.py evaluate --splits 1 2 3</code> refits the best "
+            "configuration on each split's training groups and scores its test groups."))
+    rows = []
+    for s in protocol["splits"]:
+        low, high = (s.get("interval95") or [None, None])[:2]
+        cells = [str(s.get("split")), _pct(s.get("top1")), f"{_pct(low)} - {_pct(high)}",
+                 _fmt(s.get("train_clips")), _fmt(s.get("test_clips"))]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    table = (
+        '<table class="grid"><thead><tr><th>split</th><th>test top-1</th>'
+        "<th>95% bootstrap interval</th><th>train clips</th><th>test clips</th></tr></thead>"
+        "<tbody>" + "".join(rows) + "</tbody></table>"
+    )
+    mean, std = protocol.get("mean_top1"), protocol.get("std_top1")
+    summary = _kv_table([
+        ("trial", f"#{protocol.get('trial_number', '?')}"),
+        ("epochs per refit", _fmt(protocol.get("epochs"))),
+        (f"mean over {len(protocol['splits'])} splits",
+         f"{_pct(mean)} ± {float(std) * 100:.1f} points (std)" if _is_number(std) else _pct(mean)),
+    ])
+    return _card(title, summary + table + '<p class="caption">Intervals: percentile bootstrap '
+                 f"over the test clips, {html.escape(_fmt(protocol.get('bootstrap_draws')))} "
+                 "draws.</p>")
+
+
+def _audit_section(audit: Any) -> str:
+    title = "Pruning audit: pruned trials re-run to their full budget"
+    if not isinstance(audit, dict):
+        return _card(title, _note(
+            "Not run: <code>python run_study.py audit --sample 10</code> re-runs a sample of "
+            "pruned trials without pruning and counts how many would have beaten the median."))
+    reruns = audit.get("reruns") or []
+    if not reruns:
+        return _card(title, _note("The study had no pruned trial to audit."))
+    rows = []
+    for r in reruns:
+        final = r.get("final_value")
+        cells = [f"#{r.get('trial_number')}", _fmt(r.get("pruned_epoch")),
+                 _pct(r.get("value_when_pruned")),
+                 "diverged" if final is None else _pct(final), _fmt(r.get("epochs")),
+                 "yes" if r.get("beat_median") else "no", "yes" if r.get("beat_best") else "no"]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    table = (
+        '<table class="grid"><thead><tr><th>trial</th><th>pruned at epoch</th>'
+        "<th>val top-1 then</th><th>final val top-1</th><th>epochs</th>"
+        "<th>above median</th><th>above best</th></tr></thead><tbody>"
+        + "".join(rows) + "</tbody></table>"
+    )
+    low, high = (audit.get("interval95") or [None, None])[:2]
+    summary = _kv_table([
+        ("audited", f"{audit.get('audited')} of {audit.get('pruned')} pruned trials"),
+        ("completed trials: median / best", f"{_pct(audit.get('median'))} / "
+                                            f"{_pct(audit.get('best'))}"),
+        ("false-prune rate (finished above the median)",
+         f"{_pct(audit.get('false_prune_rate'))} ({audit.get('beat_median')} of "
+         f"{audit.get('audited')}; 95% interval {_pct(low)} - {_pct(high)})"),
+        ("would have beaten the best", _fmt(audit.get("beat_best"))),
+        ("wall time (s)", _fmt(audit.get("wall_s"))),
+    ])
+    return _card(title, summary + table)
 
 
 def _trials_section(trials: Sequence[FrozenTrial]) -> str:

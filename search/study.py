@@ -9,6 +9,7 @@ import optuna
 
 from search.definition import PrunerSpec, SamplerSpec, StudyDefinition
 from search.errors import StudyError
+from search.paired_pruner import PairedPruner
 
 
 def make_sampler(spec: SamplerSpec, seed: int) -> optuna.samplers.BaseSampler:
@@ -18,10 +19,22 @@ def make_sampler(spec: SamplerSpec, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.startup_trials)
 
 
-def make_pruner(spec: PrunerSpec, enabled: bool) -> optuna.pruners.BasePruner:
-    """Return the median pruner of the definition, or one that never prunes."""
+def make_pruner(
+    spec: PrunerSpec, enabled: bool, max_epochs: int | None = None
+) -> optuna.pruners.BasePruner:
+    """Return the pruner of the definition (max_epochs: Hyperband's max_resource), or none."""
     if not enabled or spec.kind == "none":
         return optuna.pruners.NopPruner()
+    if spec.kind == "paired":
+        return PairedPruner(metric=spec.metric, reference=spec.reference, alpha=spec.alpha,
+                            startup_trials=spec.startup_trials, warmup_epochs=spec.warmup_epochs)
+    if spec.kind == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=spec.min_resource, reduction_factor=spec.reduction_factor)
+    if spec.kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=spec.min_resource, max_resource=max_epochs or "auto",
+            reduction_factor=spec.reduction_factor)
     return optuna.pruners.MedianPruner(
         n_startup_trials=spec.startup_trials, n_warmup_steps=spec.warmup_epochs
     )
@@ -39,7 +52,7 @@ def open_study(
 ) -> optuna.Study:
     """Return the study, created on first use; StudyError if it exists for other data."""
     sampler = make_sampler(definition.sampler, seed)
-    pruner = make_pruner(definition.pruner, prune)
+    pruner = make_pruner(definition.pruner, prune, definition.train.max_epochs)
     try:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError:

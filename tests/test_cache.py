@@ -137,6 +137,44 @@ def test_fingerprint_depends_on_sizes_mtimes_and_paths(tmp_path):
     assert cache.source_fingerprint([str(b)]) != cache.source_fingerprint([str(a)])
 
 
+def test_shard_rewritten_in_place_with_same_size_and_mtime_is_decoded_again(tmp_path):
+    """A copy that keeps times (cp -p, rsync -t) over a same-size shard is not served stale."""
+    pattern = write_shards(tmp_path / "data", make_clips(8, seed=1))
+    shard = tmp_path / "data" / "part-001.tfrecord"
+    old = load_features(pattern, tmp_path / "cache")
+    before = shard.stat()
+    changed = make_clips(8, seed=1)
+    # Same lengths and dims as before, other values: the rewritten shard has the same size.
+    changed[5] = Clip(changed[5].filename, changed[5].text, 25.0, 3, changed[5].features + 1)
+    records.write_clips(shard, changed[4:], pad_to=12)
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (shard.stat().st_size, shard.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    new = load_features(pattern, tmp_path / "cache")
+    assert new.fingerprint != old.fingerprint
+    assert_matches(new, changed)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_framing_digest_changes_with_a_record_in_the_middle_of_the_shard(tmp_path, compress):
+    # Records of ~100 KB: the changed one lies beyond any first or last block of 64 KiB.
+    clips = make_clips(5, dim=2048, seed=3)
+    path = tmp_path / "s.tfrecord"
+    records.write_clips(path, clips, pad_to=12, compress=compress)
+    before = records.framing_digest(str(path))
+    assert records.framing_digest(str(path)) == before
+    clips[2] = Clip(clips[2].filename, clips[2].text, 25.0, 3, clips[2].features * 2)
+    records.write_clips(path, clips, pad_to=12, compress=compress)
+    assert records.framing_digest(str(path)) != before
+
+
+def test_framing_digest_of_a_file_that_is_not_a_tfrecord_hashes_its_blocks(tmp_path):
+    path = tmp_path / "s.tfrecord"
+    path.write_bytes(b"not a tfrecord" * 10)
+    before = records.framing_digest(str(path))
+    path.write_bytes(b"not a tfrecorD" * 10)
+    assert records.framing_digest(str(path)) != before
+
+
 @pytest.mark.parametrize("value", [70000.0, -1e9, np.inf, np.nan])
 def test_values_beyond_fp16_range_are_a_data_error(tmp_path, value):
     clips = make_clips(3)

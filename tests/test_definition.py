@@ -26,7 +26,22 @@ def test_shipped_definition_searches_the_required_space():
     assert (lr.low, lr.high, lr.log) == (1e-4, 1e-2, True)
     clip = d.param("clip_norm")
     assert (clip.low, clip.high, clip.log) == (0.1, 10.0, True)
-    assert d.pruner.kind == "median" and d.sampler.kind == "tpe"
+    assert d.pruner.kind == "paired" and d.sampler.kind == "tpe"
+    assert set(d.param("batch_size").choices) == {16, 32, 64}
+    assert d.train.max_epochs == d.train.epochs == 40 and d.train.patience == 6
+
+
+def _old_epochs(raw: dict, value) -> None:
+    """Give the budget under its older name, `epochs`."""
+    del raw["train"]["max_epochs"]
+    raw["train"]["epochs"] = value
+
+
+def test_older_train_epochs_key_reads_as_max_epochs():
+    raw = _raw()
+    _old_epochs(raw, 12)
+    d = parse_definition(raw)
+    assert d.train.max_epochs == 12 and d.train.epochs == 12
 
 
 @pytest.mark.parametrize(
@@ -41,8 +56,17 @@ def test_shipped_definition_searches_the_required_space():
         (lambda r: r["space"].update(dropout={"low": 0.0, "high": 2.0}), "outside the possible"),
         (lambda r: r["space"].pop("lr"), "space.lr is missing"),
         (lambda r: r["pruner"].update(warmup_epoch=3), "unknown key(s) warmup_epoch"),
-        (lambda r: r["train"].update(epochs=0), "train.epochs must be at least 1"),
-        (lambda r: r["train"].update(epochs="ten"), "train.epochs must be int"),
+        (lambda r: _old_epochs(r, 0), "train.epochs in older files) must be >= 1"),
+        (lambda r: _old_epochs(r, "ten"), "train.max_epochs must be int"),
+        (lambda r: r["train"].update(epochs=5), "max_epochs or its older name epochs, not both"),
+        (lambda r: r["train"].update(patience=-1), "train.patience must be >= 0"),
+        (lambda r: r["pruner"].update(kind="asha"), "pruner.kind must be one of paired, median"),
+        (lambda r: r["pruner"].update(metric="top5"), "pruner.metric must be top1 or loss"),
+        (lambda r: r["pruner"].update(reference="mean"), "pruner.reference must be median or"),
+        (lambda r: r["pruner"].update(alpha=0), "pruner.alpha must be between 0 and 1"),
+        (lambda r: r["pruner"].update(alpha=1.5), "pruner.alpha must be between 0 and 1"),
+        (lambda r: r["pruner"].update(min_resource=0), "pruner.min_resource must be at least 1"),
+        (lambda r: r["pruner"].update(reduction_factor=1), "reduction_factor must be at least 2"),
         (lambda r: r["data"].update(split=4), "data.split must be 1, 2 or 3"),
     ],
 )

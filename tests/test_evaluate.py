@@ -84,6 +84,26 @@ def test_evaluate_figures_match_a_hand_computed_example(batch_size):
     )
 
 
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_evaluate_keeps_each_clips_outcome_and_loss_in_loader_order(batch_size):
+    loader, logits, labels = scripted_set(batch_size)
+    ev = evaluate(FirstFrameLogits(), loader)
+    np.testing.assert_array_equal(ev.correct, [1, 0, 1, 1, 0, 1, 0, 1])
+    assert ev.correct.dtype == bool
+    assert ev.clip_loss.dtype == np.float32
+    np.testing.assert_allclose(
+        ev.clip_loss, F.cross_entropy(logits, labels, reduction="none").numpy(), rtol=1e-6)
+
+
+def test_evaluate_scores_in_fp32_even_inside_a_bf16_autocast_region():
+    model = build_model(ModelSpec(input_dim=CLASSES + 1, num_classes=CLASSES, hidden=8))
+    loader, _, _ = scripted_set(4)
+    plain = evaluate(model, loader)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = evaluate(model, loader)
+    np.testing.assert_array_equal(inside.clip_loss, plain.clip_loss)
+
+
 def test_worst_classes_lists_lowest_accuracy_first_and_skips_empty_classes():
     loader, _, _ = scripted_set(8)
     ev = evaluate(FirstFrameLogits(), loader)

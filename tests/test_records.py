@@ -331,6 +331,42 @@ def test_sequence_length_beyond_stored_frames_is_an_error(tmp_path: Path):
         list(read_clips(str(path)))
 
 
+@pytest.mark.parametrize("pad_to", [None, 60])
+def test_real_frames_past_sequence_length_are_refused_naming_file_and_record(
+    tmp_path: Path, pad_to: int | None
+):
+    clips = make_clips(2, max_len=40)
+    example = example_of(clips[1], pad_to=pad_to)
+    cut = clips[1].sequence_length - 1  # the last real frame now lies past sequence_length
+    example.context.feature["sequence_length"].int64_list.value[0] = cut
+    record = example.SerializeToString()
+    path = write_records(tmp_path / "s", [encode_clip(clips[0]), record])
+    message = f"sequence_length {cut} but stored frame {cut} past it holds label {clips[1].label}"
+    with pytest.raises(DataError, match=error_at(path, 1) + ".*" + re.escape(message)):
+        list(read_clips(str(path)))
+    with pytest.raises(DataError, match=re.escape(f"stored frame {cut} past it holds labels")):
+        parse_record_with_protobuf(record)
+
+
+def test_frame_past_sequence_length_without_a_label_is_refused_by_the_fallback(tmp_path: Path):
+    example = example_of(make_clips(1, max_len=40)[0], pad_to=50)
+    del example.feature_lists.feature_list["labels"].feature[45].int64_list.value[:]
+    path = write_records(tmp_path / "s", [example.SerializeToString()])
+    with pytest.raises(
+        DataError, match=error_at(path, 0) + ".*frame 45 past it holds labels \\[\\]"
+    ):
+        list(read_clips(str(path)))
+
+
+def test_padding_past_sequence_length_with_label_zero_is_dropped(tmp_path: Path):
+    clip = make_clips(1, max_len=40)[0]
+    example = example_of(clip, pad_to=50)
+    # Padding whose features are not zero is still padding: label 0 is the marker.
+    example.feature_lists.feature_list["features"].feature[45].float_list.value[0] = 3.0
+    path = write_records(tmp_path / "s", [example.SerializeToString()])
+    assert_same([clip], list(read_clips(str(path))))
+
+
 @pytest.mark.parametrize("bad", [0, 102, -1])
 def test_label_out_of_range_is_an_error(tmp_path: Path, bad: int):
     example = example_of(make_clips(1)[0])
@@ -492,3 +528,161 @@ def test_fast_parser_and_protobuf_agree_on_mutated_records():
         assert fast == outcome(parse_record_with_protobuf, bytes(record)), bytes(record).hex()
         accepted += fast != ("refused",)
     assert 0 < accepted < 1500
+
+
+# ------------------------------------------- structured fuzzing: wire types, varints, nesting
+
+
+def varint(value: int) -> bytes:
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+# A node of a protobuf message tree: (kind, field number, value). kind is "msg" (value: list of
+# nodes), "bytes" (length-delimited raw bytes), "varint" (int), "i32"/"i64" (4/8 raw bytes), or
+# "raw" (bytes written as they are, with no tag: for cut-short encodings).
+Node = tuple[str, int, object]
+
+
+def encode_tree(nodes: list[Node]) -> bytes:
+    out = b""
+    for kind, field, value in nodes:
+        if kind == "msg":
+            payload = encode_tree(value)  # type: ignore[arg-type]
+            out += varint(field << 3 | 2) + varint(len(payload)) + payload
+        elif kind == "bytes":
+            out += varint(field << 3 | 2) + varint(len(value)) + value  # type: ignore[arg-type]
+        elif kind == "varint":
+            out += varint(field << 3) + varint(value)  # type: ignore[arg-type]
+        elif kind in ("i32", "i64"):
+            out += varint(field << 3 | (5 if kind == "i32" else 1)) + value  # type: ignore[operator]
+        else:
+            out += value  # type: ignore[operator]
+    return out
+
+
+def record_tree(frames: list[list[float]], length: int, label: int = 7) -> list[Node]:
+    """The tree write_clips encodes: packed values, one Feature per frame, sorted map keys."""
+
+    def feature(kind: int, payload: bytes) -> Node:
+        return ("msg", 2, [("msg", kind, [("bytes", 1, payload)])])
+
+    def entry(key: str, value: Node) -> Node:
+        return ("msg", 1, [("bytes", 1, key.encode()), value])
+
+    context = [
+        entry("filename", feature(1, b"v_YoYo_g01_c01.avi")),
+        entry("fps", feature(2, struct.pack("<f", 25.0))),
+        entry("sequence_length", feature(3, varint(length))),
+        entry("text", feature(1, b"YoYo")),
+    ]
+    features = [
+        ("msg", 1, [("msg", 2, [("bytes", 1, np.asarray(r, "<f4").tobytes())])]) for r in frames
+    ]
+    labels = [
+        ("msg", 1, [("msg", 3, [("bytes", 1, varint(label if i < length else 0))])])
+        for i in range(len(frames))
+    ]
+    lists = [entry("features", ("msg", 2, features)), entry("labels", ("msg", 2, labels))]
+    return [("msg", 1, context), ("msg", 2, lists)]
+
+
+def node_paths(nodes: list[Node], prefix: tuple[int, ...] = ()) -> list[tuple[int, ...]]:
+    out = []
+    for i, (kind, _, value) in enumerate(nodes):
+        out.append((*prefix, i))
+        if kind == "msg":
+            out += node_paths(value, (*prefix, i))  # type: ignore[arg-type]
+    return out
+
+
+def node_at(nodes: list[Node], path: tuple[int, ...]) -> Node:
+    node = nodes[path[0]]
+    return node if len(path) == 1 else node_at(node[2], path[1:])  # type: ignore[arg-type]
+
+
+def replaced(nodes: list[Node], path: tuple[int, ...], new: list[Node]) -> list[Node]:
+    """Return a copy of nodes with the node at path replaced by the nodes in new."""
+    i = path[0]
+    if len(path) == 1:
+        return nodes[:i] + new + nodes[i + 1 :]
+    kind, field, value = nodes[i]
+    return [*nodes[:i], (kind, field, replaced(value, path[1:], new)), *nodes[i + 1 :]]  # type: ignore[arg-type]
+
+
+def mutants(nodes: list[Node]) -> list[tuple[str, bytes]]:
+    """Every node given every other wire type, wrapped, unwrapped, doubled, or followed by a cut
+    varint (in a key, a varint value, a length, and a length that overruns)."""
+    out = []
+    for path in node_paths(nodes):
+        kind, field, value = node_at(nodes, path)
+        others: list[Node] = [
+            ("varint", field, 5),
+            ("varint", field, 1 << 63),
+            ("i32", field, struct.pack("<f", 25.0)),
+            ("i64", field, bytes(8)),
+            ("bytes", field, b"\x08\x01"),  # what a message holding varint field 1 = 1 looks like
+            ("msg", field, []),
+        ]
+        for other in others:
+            if other[0] != kind:
+                out.append((f"{path} {kind} -> {other[0]}", replaced(nodes, path, [other])))
+        if kind == "bytes":  # a packed run (or a string) that ends in a cut varint
+            cut_run: Node = ("bytes", field, value + b"\x80")  # type: ignore[operator]
+            out.append((f"{path} payload then 80", replaced(nodes, path, [cut_run])))
+        out.append(
+            (f"{path} wrapped", replaced(nodes, path, [("msg", field, [node_at(nodes, path)])]))
+        )
+        if kind == "msg":
+            out.append((f"{path} unwrapped", replaced(nodes, path, value)))  # type: ignore[arg-type]
+        out.append((f"{path} doubled", replaced(nodes, path, [node_at(nodes, path)] * 2)))
+        for cut in (b"\x80", varint(field << 3) + b"\xff", varint(field << 3 | 2) + b"\x85"):
+            out.append(
+                (
+                    f"{path} then {cut.hex()}",
+                    replaced(nodes, path, [node_at(nodes, path), ("raw", 0, cut)]),
+                )
+            )
+        overrun = varint(field << 3 | 2) + b"\x05ab"
+        out.append(
+            (
+                f"{path} then overrun",
+                replaced(nodes, path, [node_at(nodes, path), ("raw", 0, overrun)]),
+            )
+        )
+    return [(name, encode_tree(tree)) for name, tree in out]
+
+
+def parse_outcome(parse, record: bytes) -> tuple:
+    try:
+        clip = parse(record)
+    except DataError:
+        return ("refused",)
+    return (clip.filename, clip.text, clip.label, clip.fps, clip.features.tobytes())
+
+
+def test_bytes_list_value_of_wrong_wire_type_reads_as_protobuf_reads_it():
+    tree = record_tree([[1.0, 2.0], [3.0, 4.0]], 2)
+    # context entry 0 is 'filename': its BytesList's value becomes a varint.
+    path = (0, 0, 1, 0, 0)
+    assert node_at(tree, path) == ("bytes", 1, b"v_YoYo_g01_c01.avi")
+    record = encode_tree(replaced(tree, path, [("varint", 1, 5)]))
+    assert parse_outcome(parse_record, record) == parse_outcome(parse_record_with_protobuf, record)
+
+
+def test_fast_parser_and_protobuf_agree_on_wrong_wire_types_cut_varints_and_nesting():
+    """Every node of a record (padded and unpadded) mutated every structural way: one verdict."""
+    cases = mutants(record_tree([[1.0, 2.0], [3.0, 4.0], [0.0, 0.0]], 2))
+    cases += mutants(record_tree([[1.0, 2.0], [3.0, 4.0]], 2))
+    accepted = 0
+    for name, record in cases:
+        fast = parse_outcome(parse_record, record)
+        assert fast == parse_outcome(parse_record_with_protobuf, record), name
+        accepted += fast != ("refused",)
+    # Some mutants stay valid (unknown fields skipped, a doubled map entry): both paths run.
+    assert 0 < accepted < len(cases)

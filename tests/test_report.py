@@ -177,3 +177,61 @@ def test_classes_without_test_clips_are_listed_apart_not_ranked(tmp_path):
     assert "4" not in ranked_ids and "0" not in ranked_ids
     assert len(ranked_ids) == 100
     assert f"No test clips for: 4 {CLASS_NAMES[4]}." in page
+
+
+def _section(page: str, title: str) -> str:
+    """Return the HTML of the report card whose heading starts with title."""
+    start = page.index(f"<h2>{title}")
+    return page[start : page.index("</section>", start)]
+
+
+def test_refit_test_score_is_shown_beside_the_search_models(tmp_path):
+    study = make_study()
+    final = study.user_attrs["final"]
+    final["refit"] = {"epochs": 7, "train_clips": 1234, "test": {"top1": 0.9876}}
+    study.set_user_attr("final", final)
+    page = _report(study, tmp_path)
+    best = _section(page, "Best configuration")
+    assert f"test top-1, search model</th><td>{final['test']['top1'] * 100:.1f}%" in best
+    assert "test top-1, refit model</th><td>98.8%" in best
+    assert "1234 training clips" in best and "for 7 epochs" in best
+
+
+def test_audit_section_shows_each_rerun_and_the_false_prune_rate_with_its_interval(tmp_path):
+    study = make_study()
+    study.set_user_attr("audit", {
+        "pruned": 5, "audited": 2, "complete": 3, "median": 0.5, "best": 0.8,
+        "reruns": [
+            {"trial_number": 2, "pruned_epoch": 2, "value_when_pruned": 0.07,
+             "final_value": 0.61, "epochs": 9, "beat_median": True, "beat_best": False},
+            {"trial_number": 5, "pruned_epoch": 3, "value_when_pruned": 0.1,
+             "final_value": None, "epochs": 1, "beat_median": False, "beat_best": False},
+        ],
+        "beat_median": 1, "beat_best": 0, "false_prune_rate": 0.5,
+        "interval95": [0.0945, 0.9055], "wall_s": 12.5,
+    })
+    audit = _section(_report(study, tmp_path), "Pruning audit")
+    assert "2 of 5 pruned trials" in audit
+    assert "50.0% (1 of 2; 95% interval 9.4% - 90.5%)" in audit
+    assert "<td>#2</td><td>2</td><td>7.0%</td><td>61.0%</td><td>9</td><td>yes</td>" in audit
+    assert "<td>diverged</td>" in audit
+
+
+def test_protocol_section_lists_each_split_and_the_mean_and_std(tmp_path):
+    study = make_study()
+    study.set_user_attr("protocol", {
+        "trial_number": 0, "epochs": 6, "bootstrap_draws": 1000,
+        "splits": [{"split": s, "top1": v, "interval95": [v - 0.02, v + 0.01],
+                    "train_clips": 9000, "test_clips": 3700}
+                   for s, v in ((1, 0.91), (2, 0.93), (3, 0.95))],
+        "mean_top1": 0.93, "std_top1": 0.02,
+    })
+    protocol = _section(_report(study, tmp_path), "UCF-101 protocol")
+    assert "<td>2</td><td>93.0%</td><td>91.0% - 94.0%</td>" in protocol
+    assert "mean over 3 splits</th><td>93.0% ± 2.0 points (std)" in protocol
+
+
+def test_report_says_how_to_run_the_audit_and_protocol_when_they_have_not_run(tmp_path):
+    page = _report(make_study(), tmp_path)
+    assert "run_study.py audit" in _section(page, "Pruning audit")
+    assert "run_study.py evaluate --splits 1 2 3" in _section(page, "UCF-101 protocol")

@@ -10,9 +10,10 @@ import pytest
 import torch
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
-from study_fixtures import study_args, write_tiny_data
+from study_fixtures import TINY_DEFINITION, study_args, write_definition, write_tiny_data
 
 import run_study
+from datasets.synthetic import write_synthetic
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,44 @@ def test_trial_that_cannot_learn_is_pruned_with_the_median_it_trailed(tmp_path, 
     reason = dull.user_attrs["prune_reason"]
     assert reason["value"] < reason["median"] and reason["n_trials"] >= 2
     assert reason["epoch"] == max(dull.intermediate_values)
+
+
+@pytest.fixture(scope="module")
+def more_val_clips(tmp_path_factory):
+    """Tiny clips, but enough per class that a paired test on validation can be significant."""
+    out = tmp_path_factory.mktemp("shards-paired")
+    write_synthetic(out, clips_per_class=60, frames=30, dim=16, classes=3, seed=3,
+                    shard_size=60, workers=1)
+    return str(out / "*.tfrecord*")
+
+
+@pytest.mark.slow
+def test_paired_pruner_prunes_a_trial_that_cannot_learn_with_the_test_it_failed(
+        tmp_path, more_val_clips):
+    def paired_args(trials: str) -> list[str]:
+        args = study_args(tmp_path, more_val_clips, "--trials", trials)  # writes the definition
+        write_definition(tmp_path, train={"max_epochs": 6, "patience": 0},
+                         space={**TINY_DEFINITION["space"], "batch_size": 8,
+                                "lr": {"low": 1e-2, "high": 3e-2, "log": True}},
+                         pruner={"kind": "paired", "startup_trials": 2, "warmup_epochs": 2})
+        return args
+
+    assert run_study.main(paired_args("3")) == 0
+    study = _load(tmp_path)
+    for t in study.trials:  # every epoch's per-clip outcomes are on record for other workers
+        assert t.user_attrs["val_num_classes"] == 3
+        assert all(f"val_correct/{e}" in t.user_attrs and f"val_loss/{e}" in t.user_attrs
+                   for e in t.intermediate_values)
+    study.enqueue_trial({"cell": "gru", "layers": 1, "hidden": 8, "lr": 1e-9, "clip_norm": 1.0})
+    assert run_study.main(paired_args("4")) == 0
+    dull = _load(tmp_path).trials[3]
+    assert dull.params["lr"] == 1e-9
+    assert dull.state == TrialState.PRUNED
+    reason = dull.user_attrs["prune_reason"]
+    assert reason["kind"] == "paired" and reason["test"] == "exact one-sided McNemar"
+    assert reason["p"] < reason["alpha"] == 0.01 and reason["reference_chance_p"] < 0.01
+    assert reason["value"] < reason["reference_value"] and reason["gap"] > 2 * reason["noise"]
+    assert reason["b"] > reason["c"] and reason["epoch"] == max(dull.intermediate_values) >= 2
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -139,6 +140,74 @@ def test_best_epoch_is_highest_val_top1_then_lowest_val_loss_and_model_keeps_it(
     assert result.best_val_top1 == top
     assert evaluate(model, val).loss == pytest.approx(expected.val_loss, rel=1e-5)
     assert all(v.device.type == "cpu" for v in result.best_state.values())
+
+
+def test_without_validation_trains_every_epoch_and_keeps_the_last_epochs_weights():
+    data, val = tiny_set(seed=0), tiny_set(seed=0, noise=3.0, shuffle=False)
+    config = TrainConfig(lr=1e-2, epochs=6, seed=0)
+    last_with_val: dict = {}
+
+    def keep_last(_r):
+        last_with_val.update({k: v.detach().clone() for k, v in model_v.state_dict().items()})
+
+    model_v = make_model(cell="gru", layers=1)
+    with_val = train(model_v, data, val, config, on_epoch=keep_last)
+    assert with_val.best_epoch < 6  # otherwise "last" and "best" could not be told apart
+
+    model = make_model(cell="gru", layers=1)
+    result = train(model, data, None, config)
+    assert [r.epoch for r in result.epochs] == [1, 2, 3, 4, 5, 6]
+    assert result.best_epoch == 6
+    assert math.isnan(result.best_val_top1)
+    assert all(math.isnan(r.val_loss) and math.isnan(r.val_top1) and math.isnan(r.val_top5)
+               for r in result.epochs)
+    # validation draws no random numbers: the same training run, minus the scoring
+    assert [r.train_loss for r in result.epochs] == [r.train_loss for r in with_val.epochs]
+    assert all(torch.equal(model.state_dict()[k], last_with_val[k]) for k in last_with_val)
+    assert all(torch.equal(result.best_state[k], last_with_val[k]) for k in last_with_val)
+
+
+def expected_stop(epochs: list[EpochResult], patience: int) -> int:
+    """The epoch a patience rule stops at, worked out from a full run's history."""
+    best = epochs[0]
+    for r in epochs:
+        if (r.val_top1, -r.val_loss) > (best.val_top1, -best.val_loss):
+            best = r
+        if r.epoch - best.epoch >= patience:
+            return r.epoch
+    return epochs[-1].epoch
+
+
+def test_patience_stops_a_plateaued_run_at_the_epoch_the_rule_names():
+    data, val = tiny_set(seed=0), tiny_set(seed=0, noise=3.0, shuffle=False)
+    full = train(make_model(cell="gru", layers=1), data, val, TrainConfig(lr=1e-2, epochs=12))
+    stop = expected_stop(full.epochs, patience=2)
+    assert stop < 12  # the full run does plateau
+    model = make_model(cell="gru", layers=1)
+    result = train(model, data, val, TrainConfig(lr=1e-2, epochs=12, patience=2))
+    assert result.epochs_run == stop and result.stopped_early
+    assert [without_timing(r) for r in result.epochs] == [
+        without_timing(r) for r in full.epochs[:stop]]
+    assert result.best_epoch == stop - 2
+    assert evaluate(model, val).loss == pytest.approx(
+        full.epochs[stop - 3].val_loss, rel=1e-5)  # the model holds the best epoch's weights
+    assert not full.stopped_early and full.epochs_run == 12
+
+
+def test_epoch_results_carry_per_clip_validation_outcomes_in_loader_order():
+    data, val = tiny_set(seed=0), tiny_set(seed=0, noise=3.0, shuffle=False)
+    seen: list[EpochResult] = []
+    model = make_model(cell="gru", layers=1)
+    train(model, data, val, TrainConfig(lr=1e-2, epochs=1), on_epoch=seen.append)
+    last = seen[-1]
+    assert last.val_correct.dtype == bool and last.val_correct.shape == (val.num_examples,)
+    assert last.val_correct.mean() == pytest.approx(last.val_top1)
+    assert last.val_clip_loss.dtype == np.float32
+    assert float(last.val_clip_loss.mean()) == pytest.approx(last.val_loss, rel=1e-5)
+    model.eval()
+    with torch.no_grad():
+        hits = [model(b.features, b.lengths).argmax(1) == b.labels for b in val.epoch(0)]
+    np.testing.assert_array_equal(last.val_correct, torch.cat(hits).numpy())
 
 
 def test_callbacks_run_per_epoch_and_every_log_every_steps_and_errors_propagate():

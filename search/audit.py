@@ -1,0 +1,134 @@
+"""Pruning audit: re-run a sample of pruned trials to their full budget, count wrong prunes."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from models.rnn import build_model
+from models.training import TrainingDiverged, train
+from search.errors import StudyError
+from search.objective import TrialSettings, loaders, model_spec, train_config
+from search.space import suggest
+
+logger = logging.getLogger(__name__)
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Return the Wilson score interval of a binomial proportion ((0, 1) when n is 0)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # Clamped: at p = 0 or 1 rounding can put an end a hair outside [0, 1].
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def diverged(trial: FrozenTrial) -> bool:
+    """Return whether a pruned trial was stopped for diverging (not by the pruner)."""
+    reason = trial.user_attrs.get("prune_reason")
+    # The objective records a divergence as {"epoch", "text"} only; a pruner's reason
+    # always carries its numbers besides.
+    return isinstance(reason, dict) and set(reason) <= {"epoch", "text"}
+
+
+def auditable(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """Return the trials the pruner stopped (pruned, not diverged, with a recorded seed)."""
+    return [
+        t for t in trials
+        if t.state == TrialState.PRUNED and not diverged(t)
+        and isinstance(t.user_attrs.get("manifest"), dict) and "seed" in t.user_attrs["manifest"]
+    ]
+
+
+def sample_trials(trials: Sequence[FrozenTrial], k: int, seed: int) -> list[FrozenTrial]:
+    """Return a seeded sample of k trials (all of them when there are k or fewer), by number."""
+    if k >= len(trials):
+        return sorted(trials, key=lambda t: t.number)
+    return sorted(random.Random(seed).sample(list(trials), k), key=lambda t: t.number)
+
+
+def rerun(trial: FrozenTrial, settings: TrialSettings) -> dict[str, Any]:
+    """Train a pruned trial's params with its seed to its full budget, no pruning; return it."""
+    params = suggest(optuna.trial.FixedTrial(trial.params), settings.definition)
+    seed = int(trial.user_attrs["manifest"]["seed"])
+    reason = trial.user_attrs.get("prune_reason") or {}
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    model = build_model(model_spec(params, settings))
+    train_loader, val_loader = loaders(params, settings, seed, ("train", "val"))
+    record: dict[str, Any] = {
+        "trial_number": trial.number,
+        "pruned_epoch": reason.get("epoch"),
+        "pruned_by": reason.get("kind", "median"),  # the median reason predates "kind"
+        # Validation top-1 reported at that epoch, whatever metric the pruner judged.
+        "value_when_pruned": trial.intermediate_values.get(reason.get("epoch")),
+    }
+    try:
+        # train_config carries the study's stopping rule (budget, patience): a normal trial's.
+        result = train(model, train_loader, val_loader, train_config(params, settings, seed))
+    except TrainingDiverged as exc:  # it would have been stopped anyway: it counts as no loss
+        record.update(final_value=None, epochs=exc.epoch, diverged=exc.reason)
+    else:
+        record.update(final_value=result.best_val_top1, epochs=len(result.epochs),
+                      best_epoch=result.best_epoch,
+                      curve=[round(e.val_top1, 6) for e in result.epochs])
+    record["wall_s"] = round(time.perf_counter() - started, 3)
+    return record
+
+
+def audit_study(
+    study: optuna.Study, settings: TrialSettings, sample: int, seed: int = 0
+) -> dict[str, Any]:
+    """Re-run a sample of the study's pruned trials and compare each with the completed ones.
+
+    The re-runs are not added to the study. Returns the audit record (plain JSON).
+    """
+    started = time.perf_counter()
+    trials = study.get_trials(deepcopy=False)
+    complete = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    if not complete:
+        raise StudyError(f"study {study.study_name!r} has no completed trial to compare "
+                         "pruned re-runs with; run more trials before the audit")
+    median, best = statistics.median(complete), max(complete)
+    pool = auditable(trials)
+    chosen = sample_trials(pool, sample, seed)
+    reruns = []
+    for trial in chosen:
+        logger.info("audit: re-running pruned trial %d", trial.number)
+        record = rerun(trial, settings)
+        value = record["final_value"]
+        record["beat_median"] = value is not None and value > median
+        record["beat_best"] = value is not None and value > best
+        reruns.append(record)
+    beat_median = sum(r["beat_median"] for r in reruns)
+    low, high = wilson_interval(beat_median, len(reruns))
+    return {
+        "sample_seed": seed,
+        "pruned": len(pool),
+        "audited": len(reruns),
+        "complete": len(complete),
+        "median": median,
+        "best": best,
+        "reruns": reruns,
+        "beat_median": beat_median,
+        "beat_best": sum(r["beat_best"] for r in reruns),
+        "false_prune_rate": beat_median / len(reruns) if reruns else None,
+        "interval95": [low, high],
+        "interval_method": "wilson",
+        "epochs": sum(r["epochs"] for r in reruns),
+        "wall_s": round(time.perf_counter() - started, 3),
+    }

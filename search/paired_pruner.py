@@ -1,0 +1,167 @@
+"""The noise-aware pruner: a trial is pruned only when it is significantly worse, clip by clip.
+
+At epoch e (from warmup_epochs on, once startup_trials trials have completed) the reference
+is the completed trial whose value at e is the median of those recorded at e (or the best).
+This trial is tested against it on the same validation clips, one-sided:
+
+- top1: exact McNemar test on the discordant clips (b only the reference gets right, c only
+  this trial): p = P(Binom(b + c, 1/2) >= b).
+- loss: Wilcoxon signed-rank test on the per-clip loss differences. Chosen over a paired
+  bootstrap because it is deterministic (same study, same prunes: no resampling seed) and
+  ranks, so a few confidently wrong clips with huge cross entropies cannot decide alone.
+
+It prunes only when p < alpha AND the reference's top-1 is itself significantly above chance
+(exact binomial test against 1 / num_classes at the same alpha): while the median curve is
+within noise of chance nothing is pruned, whatever the metric. Missing outcomes for either
+trial (e.g. trials recorded before outcomes were kept) mean no prune.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.clip_outcomes import CLASSES_KEY, read_correct, read_loss
+from search.paired_tests import (
+    binom_upper_tail,
+    mcnemar_worse,
+    paired_standard_error,
+    wilcoxon_greater,
+)
+
+METRICS = ("top1", "loss")
+REFERENCES = ("median", "best")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One paired comparison of a trial with its reference at one epoch."""
+
+    prune: bool
+    epoch: int
+    metric: str
+    value: float  # this trial's figure at epoch: top-1, or mean loss
+    reference_value: float
+    reference_number: int
+    test: str
+    p: float
+    alpha: float
+    gap: float  # how far the trial trails, in points of top-1 or in mean loss
+    noise: float  # standard error of the paired difference, same units as gap
+    clips: int
+    b: int | None = None  # McNemar's discordant clips (top1 only)
+    c: int | None = None
+    z: float | None = None  # Wilcoxon's statistic (loss only)
+    reference_chance_p: float = 1.0  # reference's top-1 against chance
+
+    def reason(self) -> dict[str, Any]:
+        """Return the prune reason as stored in the trial's `prune_reason` user attr."""
+        unit = "points" if self.metric == "top1" else "loss"
+        stat = f"b={self.b} c={self.c}" if self.metric == "top1" else f"z={self.z:.2f}"
+        text = (
+            f"pruned at epoch {self.epoch}: val {self.metric} {self.value:.4f} vs "
+            f"{self.reference_value:.4f} of trial {self.reference_number} on the same "
+            f"{self.clips} clips, {self.test} {stat} p={self.p:.2g} < {self.alpha:g}; "
+            f"gap {self.gap:.3g} {unit} beats noise {self.noise:.3g}"
+        )
+        fields = {
+            "kind": "paired", "epoch": self.epoch, "metric": self.metric, "value": self.value,
+            "reference_value": self.reference_value, "reference_trial": self.reference_number,
+            "test": self.test, "p": self.p, "alpha": self.alpha, "gap": self.gap,
+            "noise": self.noise, "clips": self.clips,
+            "reference_chance_p": self.reference_chance_p, "text": text,
+        }
+        if self.metric == "top1":
+            fields.update(b=self.b, c=self.c)
+        else:
+            fields.update(z=self.z)
+        return fields
+
+
+def _outcome(trial: FrozenTrial, epoch: int, metric: str) -> np.ndarray | None:
+    if metric == "top1":
+        return read_correct(trial.user_attrs, epoch)
+    return read_loss(trial.user_attrs, epoch)
+
+
+def _score(outcome: np.ndarray) -> float:
+    return float(np.mean(outcome, dtype=np.float64))
+
+
+class PairedPruner(optuna.pruners.BasePruner):
+    """Prune a trial only when a paired test on the same clips finds it worse than a reference."""
+
+    def __init__(self, *, metric: str = "top1", reference: str = "median", alpha: float = 0.01,
+                 startup_trials: int = 5, warmup_epochs: int = 2) -> None:
+        if metric not in METRICS or reference not in REFERENCES or not 0 < alpha < 1:
+            raise ValueError(f"PairedPruner: metric {metric!r}, reference {reference!r} or "
+                             f"alpha {alpha!r} is not one of {METRICS}, {REFERENCES}, (0, 1)")
+        self.metric, self.reference, self.alpha = metric, reference, alpha
+        self.startup_trials, self.warmup_epochs = startup_trials, warmup_epochs
+        self._verdicts: dict[int, Verdict] = {}  # by trial number: the reason for the objective
+        self._lock = threading.Lock()  # --jobs N trials share one pruner
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        """Return whether trial is significantly worse than the reference at its last epoch."""
+        verdict = self.judge(study, trial)
+        with self._lock:
+            if verdict is None:
+                self._verdicts.pop(trial.number, None)
+            else:
+                self._verdicts[trial.number] = verdict
+        return verdict is not None and verdict.prune
+
+    def last_verdict(self, number: int) -> Verdict | None:
+        """Return the last comparison made for trial `number` in this process, if any."""
+        with self._lock:
+            return self._verdicts.get(number)
+
+    def judge(self, study: optuna.Study, trial: FrozenTrial) -> Verdict | None:
+        """Return the comparison at trial's last epoch, or None where no test can be made."""
+        epoch = trial.last_step
+        if epoch is None or epoch < self.warmup_epochs:
+            return None
+        completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if len(completed) < self.startup_trials:
+            return None
+        mine = _outcome(trial, epoch, self.metric)
+        classes = trial.user_attrs.get(CLASSES_KEY)
+        if mine is None or not isinstance(classes, int) or classes < 1:
+            return None
+        peers = []
+        for t in completed:
+            theirs = _outcome(t, epoch, self.metric)
+            correct = read_correct(t.user_attrs, epoch)
+            if theirs is not None and correct is not None and len(theirs) == len(mine):
+                peers.append((t, theirs, correct))
+        if not peers:
+            return None
+        # Higher is better for top-1, lower for loss; ties go to the lower trial number.
+        sign = 1.0 if self.metric == "top1" else -1.0
+        peers.sort(key=lambda p: (sign * _score(p[1]), -p[0].number))
+        ref, theirs, ref_correct = peers[-1] if self.reference == "best" else peers[
+            (len(peers) - 1) // 2]
+        # Above chance: the reference's right answers against guessing one of the classes.
+        chance_p = binom_upper_tail(int(ref_correct.sum()), len(ref_correct), 1 / classes)
+        if self.metric == "top1":
+            b, c, p = mcnemar_worse(mine, theirs)
+            diff = theirs.astype(np.float64) - mine  # > 0 where the reference is right alone
+            gap, noise = 100 * float(diff.mean()), 100 * paired_standard_error(diff)
+            test, extra = "exact one-sided McNemar", {"b": b, "c": c}
+        else:
+            diff = mine.astype(np.float64) - theirs  # > 0 where this trial's loss is higher
+            z, p, _ = wilcoxon_greater(diff)
+            gap, noise = float(diff.mean()), paired_standard_error(diff)
+            test, extra = "one-sided Wilcoxon signed-rank", {"z": z}
+        prune = p < self.alpha and chance_p < self.alpha and gap > 0
+        return Verdict(
+            prune=prune, epoch=epoch, metric=self.metric, value=_score(mine),
+            reference_value=_score(theirs), reference_number=ref.number,
+            test=test, p=p, alpha=self.alpha, gap=gap, noise=noise, clips=len(mine),
+            reference_chance_p=chance_p, **extra,
+        )

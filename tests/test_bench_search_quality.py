@@ -1,0 +1,43 @@
+"""bench/search_quality.py at --quick size: every arm runs and its figures are sane."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_quick_search_quality_bench_prints_and_writes_sane_figures_for_every_arm(tmp_path):
+    work = tmp_path / "work"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "search_quality.py"), "--quick",
+         "--data-dir", str(tmp_path / "data"), "--work-dir", str(work), "--device", "cpu"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = json.loads((work / "search_quality.json").read_text())
+    arms = {a["arm"]: a for a in figures["arms"]}
+    assert set(arms) == {"hand", "default", "median"}
+    for name, arm in arms.items():
+        assert 0.0 <= arm["test_top1_refit"] <= 1.0
+        assert arm["wall_s"] >= 0
+        assert 0 < arm["epochs_spent"] <= arm["epochs_no_prune_estimate"]
+        assert f"{name:<8} {arm['test_top1_refit']:>18.4f}" in done.stdout
+    for name in ("default", "median"):
+        arm = arms[name]
+        assert arm["trials"] == figures["trials"] == 4
+        assert 0 <= arm["pruned"] <= arm["trials"]
+        assert arm["audited"] <= min(arm["pruned"], figures["audit_sample"])
+        if arm["audited"]:
+            low, high = arm["false_prune_interval95"]
+            assert 0.0 <= low <= arm["false_prune_rate"] <= high <= 1.0
+        else:
+            assert arm["false_prune_rate"] is None
+        assert math.isfinite(arm["test_top1_search_model"])
