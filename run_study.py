@@ -269,8 +269,8 @@ def _finished_study(args: argparse.Namespace):
     from search.best_checkpoint import BestCheckpoint
     from search.errors import StudyError
     from search.objective import TrialSettings
-    from search.storage import open_storage
-    from search.study_data import load_study_data, resolve_pattern
+    from search.storage import open_storage, redact_url
+    from search.study_data import load_study_data
     from search.tracking import TrackingConfig
 
     if args.verbose:
@@ -279,14 +279,14 @@ def _finished_study(args: argparse.Namespace):
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     definition, name, url = _names(args)
     device = _device(args.device)
-    out_dir = Path(args.out_dir or Path("studies/runs") / name)
+    out_dir = _out_dir(args, name)
     try:
         study = optuna.load_study(study_name=name, storage=open_storage(url))
     except KeyError:
         raise StudyError(
-            f"no study named {name!r} in {url}; check --study-name and --storage"
+            f"no study named {name!r} in {redact_url(url)}; check --study-name and --storage"
         ) from None
-    pattern, demo = resolve_pattern(definition.data, args.data)
+    pattern, demo = _resolve_pattern(definition.data, args.data)
     data = load_study_data(definition.data, pattern, demo)
     known = study.user_attrs.get("data_fingerprint")
     if known and known != data.features.fingerprint:
@@ -321,6 +321,7 @@ def _audit_or_evaluate(command: str, argv: list[str]) -> int:
         study.set_user_attr("audit", record)
         (out_dir / "audit.json").write_text(json.dumps(record, indent=1))
         print(_audit_text(record, out_dir / "audit.json"))
+        _update_study_run(study, settings)
         return 0
 
     from search.final import best_epochs, best_params
@@ -349,7 +350,29 @@ def _audit_or_evaluate(command: str, argv: list[str]) -> int:
     lines.append(f"written to {path} (key protocol) and the study's user attr 'protocol' "
                  f"in {time.perf_counter() - started:.0f} s")
     print("\n".join(lines))
+    _update_study_run(study, settings)
     return 0
+
+
+def _update_study_run(study, settings) -> None:
+    """Write a new audit or protocol record into the study's W&B study run, if it has one."""
+    import dataclasses
+
+    import numpy as np
+
+    from search import tracking
+
+    if tracking.STUDY_RUN_ATTR not in study.user_attrs:  # never tracked: start nothing now
+        return
+    # The subcommands track nothing of their own; the study run is updated in the W&B mode
+    # WANDB_MODE or a login gives (as the study command's default).
+    cfg = dataclasses.replace(settings.tracking, mode=tracking.resolve_mode(None))
+    final = study.user_attrs.get("final") or {}
+    confusion = final.get("test", {}).get("confusion")
+    path = tracking.log_study_run(cfg, study, None if confusion is None else np.asarray(confusion),
+                                  settings.data.class_names)
+    if path:
+        print(f"W&B study run updated: {path}")
 
 
 def _audit_text(record: dict, path: Path) -> str:
@@ -524,13 +547,13 @@ def _finish(
 
 
 def _unscored(study) -> bool:
-    """Whether the study's best trial has no test scores (e.g. they were removed)."""
+    """Whether the best trial lacks test scores (removed, or scored before the refit existed)."""
     try:
         best = study.best_trial
     except ValueError:  # no complete trial: nothing to score
         return False
     final = study.user_attrs.get("final") or {}
-    return final.get("trial_number") != best.number
+    return final.get("trial_number") != best.number or "refit" not in final
 
 
 def _wrap_up(study, settings, out_dir: Path) -> tuple[dict[str, str], bool]:

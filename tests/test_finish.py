@@ -160,3 +160,22 @@ def test_a_diverging_baseline_is_recorded_with_its_reason_and_the_run_finishes(
     assert "test groups (trial" in out  # the best trial was still scored
     final = json.loads((tmp_path / "runs" / "tiny" / "final.json").read_text())
     assert final["trial_number"] == _study(tmp_path).best_trial.number
+
+
+@pytest.mark.slow
+def test_evaluate_afterwards_updates_the_same_study_run_with_the_protocol(
+    tmp_path, data, capsys
+):
+    args = _args(tmp_path, data, "--trials", "2", "--no-prune")
+    assert run_study.main(args) == 0
+    flags = args[: args.index("--wandb-mode")]  # the flags evaluate shares with the study
+    assert run_study.main(["evaluate", "--splits", "1", "--draws", "50", *flags]) == 0
+    out = capsys.readouterr().out
+    record = _study(tmp_path).user_attrs["protocol"]
+    first, second = _study_runs(tmp_path)
+    assert first.id == second.id, "evaluate started a second study run"
+    assert f"W&B study run updated: {second.dir}" in out
+    assert second.summary["protocol/mean_top1"] == pytest.approx(record["mean_top1"])
+    assert "protocol/mean_top1" not in first.summary
+    splits = [p for p in second.dir.rglob("files/media/table/protocol/splits*.table.json")]
+    assert len(splits) == 1
