@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shlex
 import sys
 import threading
 import time
@@ -17,6 +18,7 @@ import warnings
 from pathlib import Path
 
 DEFAULT_STUDY = "studies/ucf101_rnn.yaml"
+HERE = Path(__file__).resolve().parent
 
 
 def _positive_int(text: str) -> int:
@@ -55,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_positive_float, default=None,
                    help="stop starting new trials after this many seconds")
     p.add_argument("--study", default=DEFAULT_STUDY,
-                   help="study definition file: search space, epochs, pruner, sampler, data")
+                   help="study definition file: search space, epochs, pruner, sampler, data "
+                        "(the default is taken next to run_study.py when the working "
+                        "directory has no studies/ucf101_rnn.yaml)")
     p.add_argument("--study-name", default=None,
                    help="name of the study in the storage (default: the definition's name)")
     p.add_argument("--storage", default=None,
@@ -83,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run every trial to its full epoch budget")
     p.add_argument("--out-dir", default=None,
                    help="where checkpoints, final scores and the report go "
-                        "(default: studies/runs/NAME)")
+                        "(default: studies/runs/NAME; see --study for where studies/ is)")
     p.add_argument("--heartbeat", type=_positive_int, default=10,
                    help="seconds between a trial's heartbeats on a database storage; a trial "
                         "silent for 3x this is failed and retried with the same params")
@@ -180,13 +184,62 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _home() -> Path:
+    """Return the folder default paths are relative to: the cwd when it has studies/, else ours.
+
+    Run from elsewhere, `python path/to/run_study.py` then finds its definition and writes the
+    study, its runs, the demo set and the cache where a run from the repository would.
+    """
+    return Path() if Path("studies").is_dir() else HERE
+
+
 def _names(args: argparse.Namespace):
+    """Return the study definition, the study's name and its storage URL."""
     from search.definition import load_definition
     from search.storage import default_storage_url
 
-    definition = load_definition(args.study)
+    home = _home()
+    study_file = Path(args.study)
+    if args.study == DEFAULT_STUDY and not study_file.is_file():
+        study_file = HERE / DEFAULT_STUDY
+    definition = load_definition(study_file)
+    if study_file == HERE / DEFAULT_STUDY and home == HERE:
+        definition = _data_at(definition, HERE)
     name = args.study_name or definition.name
-    return definition, name, args.storage or default_storage_url(name)
+    return definition, name, args.storage or default_storage_url(name, home / "studies")
+
+
+def _data_at(definition, root: Path):
+    """Return the definition with its relative data paths taken from root."""
+    import dataclasses
+
+    def at_root(path: str | None) -> str | None:
+        return path if path is None or Path(path).is_absolute() else str(root / path)
+
+    data = definition.data
+    return dataclasses.replace(definition, data=dataclasses.replace(
+        data, pattern=at_root(data.pattern), cache_dir=at_root(data.cache_dir),
+        lists_dir=at_root(data.lists_dir)))
+
+
+def _resolve_pattern(spec, override: str | None) -> tuple[str, bool]:
+    """Return the shard glob and whether it is the demo set, which lives under _home()/data."""
+    import glob
+
+    from search.demo_data import ensure_demo_data
+    from search.study_data import DEFAULT_PATTERN, resolve_pattern
+
+    home = _home()
+    if override or home == Path() or spec.pattern != str(home / DEFAULT_PATTERN):
+        return resolve_pattern(spec, override)
+    if glob.glob(spec.pattern):
+        return spec.pattern, False
+    return ensure_demo_data(home / "data" / "demo"), True
+
+
+def _out_dir(args: argparse.Namespace, name: str) -> Path:
+    """Return --out-dir, else studies/runs/NAME under _home()."""
+    return Path(args.out_dir) if args.out_dir else _home() / "studies" / "runs" / name
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -194,7 +247,7 @@ def _report(args: argparse.Namespace) -> int:
 
     from search.errors import StudyError
     from search.report import write_report
-    from search.storage import open_storage
+    from search.storage import open_storage, redact_url
 
     _, name, url = _names(args)
     storage = open_storage(url)
@@ -202,9 +255,9 @@ def _report(args: argparse.Namespace) -> int:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         raise StudyError(
-            f"no study named {name!r} in {url}; check --study-name and --storage"
+            f"no study named {name!r} in {redact_url(url)}; check --study-name and --storage"
         ) from None
-    out = write_report(study, args.out or Path("studies/runs") / name / "report.html")
+    out = write_report(study, args.out or _home() / "studies" / "runs" / name / "report.html")
     print(f"report: {out}")
     return 0
 
@@ -216,8 +269,8 @@ def _finished_study(args: argparse.Namespace):
     from search.best_checkpoint import BestCheckpoint
     from search.errors import StudyError
     from search.objective import TrialSettings
-    from search.storage import open_storage
-    from search.study_data import load_study_data, resolve_pattern
+    from search.storage import open_storage, redact_url
+    from search.study_data import load_study_data
     from search.tracking import TrackingConfig
 
     if args.verbose:
@@ -226,14 +279,14 @@ def _finished_study(args: argparse.Namespace):
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     definition, name, url = _names(args)
     device = _device(args.device)
-    out_dir = Path(args.out_dir or Path("studies/runs") / name)
+    out_dir = _out_dir(args, name)
     try:
         study = optuna.load_study(study_name=name, storage=open_storage(url))
     except KeyError:
         raise StudyError(
-            f"no study named {name!r} in {url}; check --study-name and --storage"
+            f"no study named {name!r} in {redact_url(url)}; check --study-name and --storage"
         ) from None
-    pattern, demo = resolve_pattern(definition.data, args.data)
+    pattern, demo = _resolve_pattern(definition.data, args.data)
     data = load_study_data(definition.data, pattern, demo)
     known = study.user_attrs.get("data_fingerprint")
     if known and known != data.features.fingerprint:
@@ -268,6 +321,7 @@ def _audit_or_evaluate(command: str, argv: list[str]) -> int:
         study.set_user_attr("audit", record)
         (out_dir / "audit.json").write_text(json.dumps(record, indent=1))
         print(_audit_text(record, out_dir / "audit.json"))
+        _update_study_run(study, settings)
         return 0
 
     from search.final import best_epochs, best_params
@@ -296,7 +350,29 @@ def _audit_or_evaluate(command: str, argv: list[str]) -> int:
     lines.append(f"written to {path} (key protocol) and the study's user attr 'protocol' "
                  f"in {time.perf_counter() - started:.0f} s")
     print("\n".join(lines))
+    _update_study_run(study, settings)
     return 0
+
+
+def _update_study_run(study, settings) -> None:
+    """Write a new audit or protocol record into the study's W&B study run, if it has one."""
+    import dataclasses
+
+    import numpy as np
+
+    from search import tracking
+
+    if tracking.STUDY_RUN_ATTR not in study.user_attrs:  # never tracked: start nothing now
+        return
+    # The subcommands track nothing of their own; the study run is updated in the W&B mode
+    # WANDB_MODE or a login gives (as the study command's default).
+    cfg = dataclasses.replace(settings.tracking, mode=tracking.resolve_mode(None))
+    final = study.user_attrs.get("final") or {}
+    confusion = final.get("test", {}).get("confusion")
+    path = tracking.log_study_run(cfg, study, None if confusion is None else np.asarray(confusion),
+                                  settings.data.class_names)
+    if path:
+        print(f"W&B study run updated: {path}")
 
 
 def _audit_text(record: dict, path: Path) -> str:
@@ -347,9 +423,9 @@ def _study(args: argparse.Namespace) -> int:
     from search.manifest import trial_seed
     from search.objective import TrialSettings, loaders, objective
     from search.runner import counted_trials, run_trials
-    from search.storage import open_storage
+    from search.storage import open_storage, redact_url
     from search.study import make_sampler, open_study
-    from search.study_data import load_study_data, resolve_pattern
+    from search.study_data import load_study_data
 
     started = time.perf_counter()
     if args.verbose:
@@ -360,10 +436,10 @@ def _study(args: argparse.Namespace) -> int:
     definition, name, url = _names(args)
     device = _device(args.device)
     seed = definition.sampler.seed if args.seed is None else args.seed
-    out_dir = Path(args.out_dir or Path("studies/runs") / name)
+    out_dir = _out_dir(args, name)
 
     # Everything that can be wrong with the input is found before the storage is touched.
-    pattern, demo = resolve_pattern(definition.data, args.data)
+    pattern, demo = _resolve_pattern(definition.data, args.data)
     if demo:
         print(f"no data given and none in {definition.data.pattern}: using the embedded "
               f"synthetic demo set {pattern}")
@@ -387,7 +463,7 @@ def _study(args: argparse.Namespace) -> int:
     # On a GPU the train and validation clips are copied to the device once, here, and every
     # trial's loaders find this copy (datasets.batches shares it while anyone holds it).
     resident = loaders({}, settings, seed, ("train", "val")) if device != "cpu" else []
-    print(f"study {name!r} in {url}: {len(data.parts['train'])} train / "
+    print(f"study {name!r} in {redact_url(url)}: {len(data.parts['train'])} train / "
           f"{len(data.parts['val'])} val / {len(data.parts['test'])} test clips, "
           f"{data.features.feature_dim}-d, device {device}, W&B {mode}")
 
@@ -409,29 +485,89 @@ def _study(args: argparse.Namespace) -> int:
                          sampler_for=lambda n: make_sampler(definition.sampler,
                                                             trial_seed(seed, n)))
     bar.close()
-    where = _finish(study, settings, out_dir, outcome.reason, args)
+    try:
+        where, scored_here = _finish(study, settings, out_dir, outcome.reason, args, url)
+    except KeyboardInterrupt:
+        print("interrupted while scoring the best trial on the test groups; run the same "
+              "command again to score it", file=sys.stderr)
+        return 130
     del resident  # held until the final scoring is done
     print(console.summary(
         study, wall_s=time.perf_counter() - started, outcome=outcome.reason, storage_url=url,
         where=where, dashboard_cmd=_dashboard_command(url, out_dir),
-        sync_cmd=tracking.sync_command(track)))
+        sync_cmd=tracking.sync_command(track), final_is_new=scored_here))
     return 130 if outcome.reason == "interrupted" else 0
 
 
-def _finish(study, settings, out_dir: Path, outcome: str, args: argparse.Namespace) -> dict:
-    """Score the best trial on the test groups, attach artifacts, log the study run, report."""
+# Study user attr: how many trials the study held when its last worker wrapped it up.
+WRAPPED_UP_ATTR = "wrapped_up_at_trials"
+
+
+def _finish(
+    study, settings, out_dir: Path, outcome: str, args: argparse.Namespace, url: str
+) -> tuple[dict[str, str], bool]:
+    """Wrap the study up if this worker is the last to finish; write the HTML report.
+
+    Returns where things are and whether this run scored the test groups. The decision and
+    the wrap-up hold the storage's budget lock, so of workers ending together exactly one
+    scores the test groups and writes the W&B study run; a lock dies with its process, so a
+    worker killed mid-way leaves the wrap-up to the next run of the same command.
+    """
+    from optuna.trial import TrialState
+
+    from search.report import write_report
+    from search.runner import counted_trials
+    from search.storage import budget_lock
+
+    where: dict[str, str] = {}
+    scored_here = False
+    if outcome == "interrupted":  # the study is not done: a later run wraps it up
+        where["test scores and W&B study run"] = "not written (interrupted)"
+    else:
+        with budget_lock(url, study.study_name):
+            trials = study.get_trials(deepcopy=False)
+            busy = any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+            # A --timeout ends this worker's part too; the budget need not be met then.
+            done = counted_trials(trials) >= args.trials or outcome == "timeout"
+            if busy or not done:
+                where["test scores and W&B study run"] = "left to the last worker to finish"
+            elif study.user_attrs.get(WRAPPED_UP_ATTR) != len(trials) or _unscored(study):
+                where, scored_here = _wrap_up(study, settings, out_dir)
+                study.set_user_attr(WRAPPED_UP_ATTR, len(trials))
+    if args.wandb_report:
+        from search import tracking
+
+        try:
+            where["W&B report"] = tracking.build_report(settings.tracking, study.study_name,
+                                                        settings.definition.searched())
+        except tracking.TrackingError as exc:  # offline: says how to build it after syncing
+            where["W&B report"] = str(exc)
+    where["report"] = str(write_report(study, out_dir / "report.html"))
+    return where, scored_here
+
+
+def _unscored(study) -> bool:
+    """Whether the best trial lacks test scores (removed, or scored before the refit existed)."""
+    try:
+        best = study.best_trial
+    except ValueError:  # no complete trial: nothing to score
+        return False
+    final = study.user_attrs.get("final") or {}
+    return final.get("trial_number") != best.number or "refit" not in final
+
+
+def _wrap_up(study, settings, out_dir: Path) -> tuple[dict[str, str], bool]:
+    """Score the best trial on the test groups (once per best), the baseline, the study run."""
     import numpy as np
     from optuna.trial import TrialState
 
     from search import tracking
     from search.artifacts import attach_best_artifacts, render_confusion_png
     from search.final import score_baseline, score_best
-    from search.report import write_report
 
     where: dict[str, str] = {}
-    has_best = bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    confusion = None
-    if has_best and outcome != "interrupted":
+    scored_here, confusion = False, None
+    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         final, scored_here = score_best(study, settings, out_dir)
         score_baseline(study, settings)
         confusion = np.asarray(final["test"]["confusion"])
@@ -439,27 +575,38 @@ def _finish(study, settings, out_dir: Path, outcome: str, args: argparse.Namespa
             png = render_confusion_png(confusion, final["class_names"],
                                        out_dir / "test-confusion.png")
             attach_best_artifacts(study, final["trial_number"], [png], settings.artifact_dir)
-            where["best checkpoint"] = str(settings.best.path)
-            where["final scores"] = str(out_dir / "final.json")
+        where["best checkpoint"] = str(settings.best.path)
+        where["final scores"] = str(out_dir / "final.json")
     run_path = tracking.log_study_run(settings.tracking, study, confusion,
                                       settings.data.class_names)
     if run_path:
         where["W&B study run"] = run_path
-    if args.wandb_report:
-        try:
-            where["W&B report"] = tracking.build_report(settings.tracking, study.study_name,
-                                                        settings.definition.searched())
-        except tracking.TrackingError as exc:  # offline: says how to build it after syncing
-            where["W&B report"] = str(exc)
-    where["report"] = str(write_report(study, out_dir / "report.html"))
-    return where
+    return where, scored_here
 
 
 def _dashboard_command(url: str, out_dir: Path) -> str:
+    """Return the optuna-dashboard command for this storage, never with its password.
+
+    The password is left out rather than shown as ***: libpq reads PGPASSWORD (or ~/.pgpass)
+    when the URL has none, so the printed command works as it stands once that is set.
+    """
+    import sqlalchemy
+
     from search.storage import journal_path
 
+    artifacts = f"--artifact-dir {shlex.quote(str(out_dir / 'artifacts'))}"
     journal = journal_path(url)  # the dashboard takes a journal file by its path
-    return f"optuna-dashboard {journal or url} --artifact-dir {out_dir / 'artifacts'}"
+    if journal is not None:
+        return f"optuna-dashboard {shlex.quote(str(journal))} {artifacts}"
+    parsed = sqlalchemy.engine.make_url(url)  # open_storage has read it already
+    shown, note = url, ""
+    if parsed.password or parsed.query.get("password"):
+        parsed = parsed.difference_update_query(["password"])
+        # URL is a named tuple; its .set() keeps the password when given None.
+        shown = parsed._replace(password=None).render_as_string(hide_password=False)
+        note = ("  (password left out: set PGPASSWORD first)" if shown.startswith("postgres")
+                else "  (password left out: put it back into the URL)")
+    return f"optuna-dashboard {shlex.quote(shown)} {artifacts}{note}"
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.storage import redact_url
+
 
 def format_params(params: dict[str, Any]) -> str:
     """Return params as short key=value pairs."""
@@ -39,8 +41,13 @@ def summary(
     where: dict[str, str],
     dashboard_cmd: str,
     sync_cmd: str | None,
+    final_is_new: bool = True,
 ) -> str:
-    """Return the end-of-run summary: best trial, states, time, files and next commands."""
+    """Return the end-of-run summary: best trial, states, time, files and next commands.
+
+    final_is_new: this run scored the test groups; else the stored scores are labelled as
+    scored earlier (by another worker or run), so one score is never announced twice.
+    """
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state.name for t in trials)
     lines = [
@@ -58,19 +65,34 @@ def summary(
         lines.append("no trial has completed yet")
     final = study.user_attrs.get("final")
     if final:
-        test = final["test"]
-        lines.append(f"test groups (trial {final['trial_number']}, weights {final['weights']}): "
-                     f"top1={test['top1']:.4f} top5={test['top5']:.4f}")
+        best_number = study.best_trial.number if complete else None
+        lines.append(_final_line(final, best_number, final_is_new))
     baseline = study.user_attrs.get("baseline")
-    if baseline:
+    if baseline and baseline.get("diverged"):
+        lines.append(f"bag-of-frames baseline: diverged ({baseline['diverged']})")
+    elif baseline:
         lines.append(f"bag-of-frames baseline: val_top1={baseline['bag_of_frames_val_top1']:.4f} "
                      f"test_top1={baseline['bag_of_frames_test_top1']:.4f}")
-    lines.append(f"storage: {storage_url}")
+    lines.append(f"storage: {redact_url(storage_url)}")
     lines.extend(f"{k}: {v}" for k, v in where.items())
     lines.append(f"watch it: {dashboard_cmd}")
     if sync_cmd:
         lines.append(f"upload the offline W&B runs: {sync_cmd}")
     return "\n".join(lines)
+
+
+def _final_line(final: dict[str, Any], best_number: int | None, is_new: bool) -> str:
+    test = final["test"]
+    notes = [f"trial {final['trial_number']}", f"weights {final['weights']}"]
+    if not is_new:
+        notes.append("scored earlier")
+    if final["trial_number"] != best_number:
+        notes.append(f"not the best trial {best_number}: scored when the study finishes")
+    line = f"test groups ({', '.join(notes)}): top1={test['top1']:.4f} top5={test['top5']:.4f}"
+    refit = final.get("refit")
+    if isinstance(refit, dict) and isinstance(refit.get("test"), dict):
+        line += f"; refit on train+val: top1={refit['test']['top1']:.4f}"
+    return line
 
 
 def _short(v: Any) -> str:

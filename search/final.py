@@ -103,8 +103,8 @@ def _store(study: optuna.Study, final: dict[str, Any], runs_dir: Path) -> None:
     path.write_text(json.dumps(final, indent=1))
 
 
-def score_baseline(study: optuna.Study, settings: TrialSettings) -> dict[str, float]:
-    """Train the bag-of-frames baseline once per study; return its validation and test top-1."""
+def score_baseline(study: optuna.Study, settings: TrialSettings) -> dict[str, Any]:
+    """Train the bag-of-frames baseline once per study; return its top-1s (or why it diverged)."""
     known = study.user_attrs.get("baseline")
     if known:
         return known
@@ -118,7 +118,13 @@ def score_baseline(study: optuna.Study, settings: TrialSettings) -> dict[str, fl
     model = build_model(spec)
     train_loader, val_loader, test_loader = loaders(
         params, settings, settings.seed, ("train", "val", "test"))
-    result = train(model, train_loader, val_loader, config)
+    try:
+        result = train(model, train_loader, val_loader, config)
+    except TrainingDiverged as exc:  # a reference point that failed is recorded, not fatal
+        baseline = {"bag_of_frames_val_top1": None, "bag_of_frames_test_top1": None,
+                    "diverged": f"epoch {exc.epoch}: {exc.reason}"}
+        study.set_user_attr("baseline", baseline)
+        return baseline
     model.load_state_dict(result.best_state)
     test = evaluate(model, test_loader, device=settings.device)
     baseline = {"bag_of_frames_val_top1": result.best_val_top1,

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import hashlib
 import random
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -55,7 +56,7 @@ def open_storage(
         return JournalStorage(JournalFileBackend(str(journal)))
     if not url.startswith(("sqlite:", "postgresql:", "postgresql+", "mysql:", "mysql+")):
         raise StudyError(
-            f"storage {url!r} is not a database URL; use sqlite:///path.db, "
+            f"storage {redact_url(url)!r} is not a database URL; use sqlite:///path.db, "
             "postgresql://user@host/db or journal:///path.log"
         )
     engine_kwargs: dict = {}
@@ -96,7 +97,7 @@ def _connect_with_retries(
                 time.sleep(0.5 + random.random())
                 continue
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StudyError(f"cannot open storage {_redact(url)}: {reason}") from None
+            raise StudyError(f"cannot open storage {redact_url(url)}: {reason}") from None
     raise AssertionError("unreachable")
 
 
@@ -151,6 +152,13 @@ def _sqlite_file(url: str) -> Path:
     return Path(url.split(":///", 1)[1]) if ":///" in url else Path("optuna.db")
 
 
-def _redact(url: str) -> str:
-    """Return the URL without its password, for error messages."""
-    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+def redact_url(url: str) -> str:
+    """Return the URL with its password (in the user part or a ?password= query) shown as ***."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:  # not a URL SQLAlchemy reads: mask any user:pw@ part
+        return re.sub(r":[^:/@]*@", ":***@", url)
+    query_password = parsed.query.get("password")
+    if query_password:  # libpq also takes the password as a query parameter
+        parsed = parsed.difference_update_query(["password"]).set(password=query_password)
+    return parsed.render_as_string(hide_password=True)

@@ -6,8 +6,10 @@ import json
 import logging
 import netrc
 import os
+import re
 import shlex
 import threading
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,12 @@ STATE_KEY = "trial_state"  # summary key; W&B's own run "state" is finished/cras
 # Keys the study is expected to log (the report's panels refer to them).
 BEST_METRIC = "best_val_top1"
 VAL_TOP1 = "val/top1"
+
+# Study user attrs (JSON dicts) the study run carries: scalars to its summary, rows to tables.
+STUDY_ATTRS = ("final", "audit", "protocol")
+# Study user attr holding the study run's W&B id, so every later write updates that one run.
+STUDY_RUN_ATTR = "wandb_study_run"
+_SHORT_LIST = 16  # a list of numbers up to this long stays one summary value (e.g. an interval)
 
 # W&B hosts whose key `wandb login` writes to ~/.netrc (api.wandb.ai; wandb 0.31's default URL).
 _DEFAULT_HOSTS = ("api.wandb.ai", "api.forge.coreweave.com")
@@ -111,8 +119,13 @@ def _settings(cfg: TrackingConfig) -> wandb.Settings:
     )
 
 
-def _init_run(cfg: TrackingConfig, *, job_type: str, name: str, config: Mapping[str, Any]):
-    """Start a W&B run of its own (never the global wandb.run); None when tracking is disabled."""
+def _init_run(cfg: TrackingConfig, *, job_type: str, name: str, config: Mapping[str, Any],
+              run_id: str | None = None):
+    """Start a W&B run of its own (never the global wandb.run); None when tracking is disabled.
+
+    With run_id the run is resumed when it exists (online) or its offline records carry that
+    id, so `wandb sync` appends them to the one run.
+    """
     if cfg.mode == "disabled":
         return None
     import wandb
@@ -132,6 +145,8 @@ def _init_run(cfg: TrackingConfig, *, job_type: str, name: str, config: Mapping[
         reinit="create_new",
         settings=_settings(cfg),
     )
+    if run_id is not None:
+        kwargs.update(id=run_id, resume="allow")
     if cfg.mode == "online":
         if not api_key_configured():
             logger.warning(
@@ -351,13 +366,74 @@ def confusion_chart(confusion: np.ndarray, class_names: Sequence[str]):
     )
 
 
+def study_run_id(study: optuna.Study) -> str:
+    """Return the W&B id of the study's one study run, made and stored in the study once.
+
+    Stored rather than derived from the name alone: two studies of one name in different
+    storages must not write into each other's run.
+    """
+    known = (study.user_attrs.get(STUDY_RUN_ATTR) or {}).get("id")
+    if known:
+        return known
+    slug = re.sub(r"[^a-z0-9_-]+", "-", study.study_name.lower()).strip("-")[:40] or "study"
+    run_id = f"study-{slug}-{uuid.uuid4().hex[:8]}"
+    study.set_user_attr(STUDY_RUN_ATTR, {"id": run_id})
+    return run_id
+
+
+def study_attr_figures(name: str, value: Any) -> tuple[dict[str, Any], dict[str, list[dict]]]:
+    """Return a study attr's scalar figures by summary key and its per-row lists by table key.
+
+    Nested dicts become `name/a/b` keys; a list of dicts is a table's rows; a list of numbers
+    longer than a few entries (per-class accuracies) a table of index and value; a short one
+    stays a summary value; lists of lists (confusion matrices) have their own chart and are
+    left out.
+    """
+    summary: dict[str, Any] = {}
+    tables: dict[str, list[dict]] = {}
+
+    def walk(key: str, v: Any) -> None:
+        if isinstance(v, Mapping):
+            for k, item in v.items():
+                walk(f"{key}/{k}", item)
+        elif isinstance(v, (list, tuple)):
+            if v and all(isinstance(item, Mapping) for item in v):
+                tables[key] = [dict(item) for item in v]
+            elif all(item is None or isinstance(item, (bool, int, float, str)) for item in v):
+                if len(v) <= _SHORT_LIST:
+                    summary[key] = list(v)
+                else:
+                    leaf = key.rsplit("/", 1)[-1]
+                    tables[key] = [{"index": i, leaf: item} for i, item in enumerate(v)]
+        elif v is None or isinstance(v, (bool, int, float, str, np.generic)):
+            summary[key] = _json_scalar(v)
+
+    walk(name, value)
+    return summary, tables
+
+
+def _rows_table(rows: list[dict]) -> wandb.Table:
+    import wandb
+
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    data = [[_json_scalar(row.get(c)) for c in columns] for row in rows]
+    return wandb.Table(columns=columns, data=data, allow_mixed_types=True)
+
+
 def log_study_run(
     cfg: TrackingConfig,
     study: optuna.Study,
     best_confusion: np.ndarray | None,
     class_names: Sequence[str],
 ) -> str | None:
-    """Log a study run (trials table, Optuna plots, best confusion matrix); return its path."""
+    """Write or update the study's one W&B study run; return its path.
+
+    It holds the trials table, Optuna's plots, the best confusion matrix and the study attrs
+    `final`, `audit` and `protocol` (scalars in the summary, per-row lists as tables). Every
+    call writes to the same run id (`study_run_id`), so a later call updates the run.
+    """
     if cfg.mode == "disabled":
         return None
     import wandb
@@ -372,7 +448,8 @@ def log_study_run(
         "sampler": type(study.sampler).__name__,
         "pruner": type(getattr(study, "pruner", None)).__name__,
     }
-    run = _init_run(cfg, job_type="study", name=f"study-{study.study_name}", config=config)
+    run = _init_run(cfg, job_type="study", name=f"study-{study.study_name}", config=config,
+                    run_id=study_run_id(study))
     path = _run_path(run)
     exit_code = 1
     try:
@@ -381,7 +458,6 @@ def log_study_run(
             payload[f"study/{name}"] = wandb.Plotly(fig)
         if best_confusion is not None:
             payload["study/best_confusion_matrix"] = confusion_chart(best_confusion, class_names)
-        run.log(payload)
         summary: dict[str, Any] = {f"n_{state}": n for state, n in by_state.items()}
         summary["n_trials"] = len(trials)
         try:
@@ -392,6 +468,14 @@ def log_study_run(
             summary.update(best_trial=best.number, best_value=best.value,
                            best_params=dict(best.params),
                            best_wandb_run=best.user_attrs.get("wandb_run"))
+        for attr in STUDY_ATTRS:
+            value = study.user_attrs.get(attr)
+            if not isinstance(value, Mapping):
+                continue
+            figures, tables = study_attr_figures(attr, value)
+            summary.update(figures)
+            payload.update({key: _rows_table(rows) for key, rows in tables.items()})
+        run.log(payload)
         run.summary.update(summary)
         exit_code = 0
     finally:

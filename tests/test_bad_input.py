@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -10,6 +13,8 @@ import pytest
 from study_fixtures import study_args, write_definition, write_tiny_data
 
 import run_study
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +112,26 @@ def test_device_that_is_not_there(tmp_path, shards, capsys):
 def _trials(root: Path) -> int:
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{root / 'study.db'}")
     return len(study.trials)
+
+
+@pytest.mark.slow
+def test_run_from_another_directory_finds_its_definition_and_keeps_its_files_together(tmp_path):
+    # A copy of run_study.py with its studies/ stands for the checkout; the code is imported
+    # from the real one, so nothing is written into the real repository.
+    checkout, elsewhere = tmp_path / "checkout", tmp_path / "elsewhere"
+    (checkout / "studies").mkdir(parents=True)
+    elsewhere.mkdir()
+    shutil.copy(REPO / "run_study.py", checkout)
+    shutil.copy(REPO / "studies" / "ucf101_rnn.yaml", checkout / "studies")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    done = subprocess.run([sys.executable, str(checkout / "run_study.py"), "--trials", "0",
+                           "--device", "cpu"], cwd=elsewhere, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert list(elsewhere.iterdir()) == [], "files were written into the working directory"
+    assert f"sqlite:///{checkout / 'studies' / 'ucf101_rnn.db'}" in done.stdout
+    assert "embedded synthetic demo set" in done.stdout
+    assert (checkout / "studies" / "ucf101_rnn.db").is_file()
+    assert (checkout / "studies" / "runs" / "ucf101_rnn" / "report.html").is_file()
+    assert any((checkout / "data" / "demo").glob("*/*.tfrecord*"))
+    assert any((checkout / "data" / "cache").iterdir())

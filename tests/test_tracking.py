@@ -267,6 +267,54 @@ def test_study_run_leaves_out_importances_until_two_trials_complete(tmp_path):
     assert got.exit_code == 0
 
 
+def _tables_by_key(run) -> dict[str, Path]:
+    root = run.dir / "files" / "media" / "table"
+    return {str(p.relative_to(root)).split("_0_")[0]: p
+            for p in media_files(run, "table") if p.is_file()}
+
+
+def test_study_run_carries_final_refit_audit_and_protocol(tmp_path):
+    study = _study(n_complete=2, n_pruned=1)
+    per_class = [0.5] * 20 + [None]
+    study.set_user_attr("final", {
+        "trial_number": 1, "weights": "reloaded", "params": {"cell": "gru", "lr": 0.01},
+        "test": {"top1": 0.61, "top5": 0.9, "per_class": per_class, "confusion": [[1, 0], [0, 1]]},
+        "refit": {"epochs": 4, "train_clips": 300, "test": {"top1": 0.64, "top5": 0.91}},
+    })
+    study.set_user_attr("audit", {
+        "audited": 2, "false_prune_rate": 0.5, "interval95": [0.09, 0.91],
+        "reruns": [{"number": 2, "final_value": 0.7, "beat_median": True},
+                   {"number": 3, "final_value": 0.2, "beat_median": False}],
+    })
+    study.set_user_attr("protocol", {
+        "mean_top1": 0.6, "std_top1": 0.02,
+        "splits": [{"split": 1, "top1": 0.58}, {"split": 2, "top1": 0.62}],
+    })
+    got = read_run(tracking.log_study_run(_cfg(tmp_path), study, None, []))
+    assert got.exit_code == 0
+    s = got.summary
+    assert s["final/test/top1"] == 0.61 and s["final/refit/test/top1"] == 0.64
+    assert s["final/refit/epochs"] == 4 and s["final/params/cell"] == "gru"
+    assert s["audit/false_prune_rate"] == 0.5 and s["audit/interval95"] == [0.09, 0.91]
+    assert s["protocol/mean_top1"] == 0.6
+    assert not any("confusion" in k for k in s)  # a matrix is a chart, not a summary value
+    tables = _tables_by_key(got)
+    assert [r["final_value"] for r in read_table(tables["audit/reruns"])] == [0.7, 0.2]
+    assert [r["top1"] for r in read_table(tables["protocol/splits"])] == [0.58, 0.62]
+    assert [r["per_class"] for r in read_table(tables["final/test/per_class"])] == per_class
+
+
+def test_every_study_run_write_of_one_study_goes_to_the_same_run_id(tmp_path):
+    study = _study(n_complete=1)
+    first = read_run(tracking.log_study_run(_cfg(tmp_path), study, None, []))
+    study.set_user_attr("audit", {"audited": 1, "false_prune_rate": 0.0})
+    second = read_run(tracking.log_study_run(_cfg(tmp_path / "later"), study, None, []))
+    assert first.id == second.id == study.user_attrs[tracking.STUDY_RUN_ATTR]["id"]
+    assert second.summary["audit/audited"] == 1
+    other = _study(n_complete=1)  # a study of the same name elsewhere: its own run
+    assert read_run(tracking.log_study_run(_cfg(tmp_path / "o"), other, None, [])).id != first.id
+
+
 def test_confusion_chart_rejects_a_matrix_that_does_not_match_the_names():
     with pytest.raises(ValueError, match="3 classes but 5 names"):
         tracking.confusion_chart(np.eye(3, dtype=np.int64), list("abcde"))
