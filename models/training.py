@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from models.evaluate import evaluate
 from models.rnn import frame_cross_entropy, masked_mean
+from models.seeding import reseed
 
 if TYPE_CHECKING:
     from datasets.batches import BatchLoader
@@ -272,7 +273,7 @@ def train(
             "on" if config.frame_level else "off",
             "the mean of frames" if model.frame_level else "the last real frame",
         )
-    torch.manual_seed(config.seed)  # dropout's random numbers
+    reseed(config.seed)  # dropout's random numbers
     model.to(device)
     optimizer = _optimizer(model, config, device)
     _check_first_step(optimizer)

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import optuna
-import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from models.rnn import build_model
+from models.seeding import seeded
 from models.training import TrainingDiverged, train
 from search.errors import StudyError
 from search.objective import TrialSettings, loaders, model_spec, train_config
@@ -67,8 +67,8 @@ def rerun(trial: FrozenTrial, settings: TrialSettings) -> dict[str, Any]:
     seed = int(trial.user_attrs["manifest"]["seed"])
     reason = trial.user_attrs.get("prune_reason") or {}
     started = time.perf_counter()
-    torch.manual_seed(seed)
-    model = build_model(model_spec(params, settings))
+    with seeded(seed):
+        model = build_model(model_spec(params, settings))
     train_loader, val_loader = loaders(params, settings, seed, ("train", "val"))
     record: dict[str, Any] = {
         "trial_number": trial.number,

@@ -16,6 +16,7 @@ import torch
 
 from models.evaluate import Evaluation, evaluate
 from models.rnn import ModelSpec, build_model
+from models.seeding import seeded
 from models.training import TrainConfig, TrainingDiverged, train
 from search.objective import TrialSettings, loaders, model_spec, train_config
 from search.refit import refit_and_score
@@ -136,8 +137,8 @@ def score_baseline(study: optuna.Study, settings: TrialSettings) -> dict[str, An
 def _retrain(
     spec: ModelSpec, params: dict[str, Any], settings: TrialSettings, seed: int
 ) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = build_model(spec)
+    with seeded(seed):
+        model = build_model(spec)
     train_loader, val_loader = loaders(params, settings, seed, ("train", "val"))
     result = train(model, train_loader, val_loader, train_config(params, settings, seed))
     model.load_state_dict(result.best_state)

@@ -17,6 +17,7 @@ import torch
 from datasets.batches import BatchLoader
 from models.evaluate import evaluate
 from models.rnn import ModelSpec, build_model
+from models.seeding import seeded
 from models.training import EpochResult, StepResult, TrainConfig, TrainingDiverged, train
 from search.artifacts import attach_best_artifacts, render_confusion_png
 from search.best_checkpoint import BestCheckpoint
@@ -134,8 +135,7 @@ def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Even
           _out_of_memory_fails(trial, run, settings.device)):
         trial.set_user_attr("wandb_run", run.path)
         spec = model_spec(params, settings)
-        with _SEEDED_BUILD:  # the seed is process-wide: another trial's thread must not draw
-            torch.manual_seed(seed)
+        with seeded(seed):
             model = build_model(spec)
         train_loader, val_loader = loaders(params, settings, seed, ("train", "val"))
         trial.set_user_attr("param_count", sum(p.numel() for p in model.parameters()))
@@ -202,8 +202,6 @@ def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Even
                                "best_epoch": result.best_epoch})
     return result.best_val_top1
 
-
-_SEEDED_BUILD = threading.Lock()
 
 
 def _own_stream(device: str, enabled: bool = True) -> contextlib.AbstractContextManager:

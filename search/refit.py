@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from models.evaluate import Evaluation, evaluate
 from models.rnn import build_model
+from models.seeding import seeded
 from models.training import train
 from search.objective import TrialSettings, loaders, model_spec, train_config
 
@@ -47,8 +47,8 @@ def refit_and_score(
     refit_settings = dataclasses.replace(
         settings, data=dataclasses.replace(settings.data, parts=merged))
     config = dataclasses.replace(train_config(params, refit_settings, seed), epochs=epochs)
-    torch.manual_seed(seed)
-    model = build_model(model_spec(params, refit_settings))
+    with seeded(seed):
+        model = build_model(model_spec(params, refit_settings))
     train_loader, test_loader = loaders(params, refit_settings, seed, ("train", "test"))
     # No validation part is left to choose an epoch on: the last epoch's weights are kept.
     train(model, train_loader, None, config)
