@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 from optuna.trial import TrialState
-from study_fixtures import study_args, write_tiny_data
+from study_fixtures import TINY_DEFINITION, study_args, write_tiny_data
 
 import run_study
 import search.objective
+from search.manifest import trial_seed
 
 
 def test_failed_trials_in_a_row_end_the_command_with_exit_1_and_the_reason(
@@ -31,3 +33,17 @@ def test_failed_trials_in_a_row_end_the_command_with_exit_1_and_the_reason(
 def test_the_jobs_help_says_it_trades_reproducibility_for_speed(capsys):
     text = run_study.build_parser().format_help()
     assert "trades reproducibility for speed" in " ".join(text.split())
+
+
+@pytest.mark.slow
+def test_jobs_2_still_records_each_trials_complete_params_and_seed(tmp_path):
+    args = study_args(tmp_path, write_tiny_data(tmp_path), "--trials", "3", "--epochs", "2",
+                      "--jobs", "2", "--no-prune")
+    assert run_study.main(args) == 0
+    trials = optuna.load_study(study_name="tiny",
+                               storage=f"sqlite:///{tmp_path / 'study.db'}").get_trials()
+    searched = {k for k, v in TINY_DEFINITION["space"].items() if isinstance(v, dict)}
+    assert sorted(t.number for t in trials) == [0, 1, 2]
+    for t in trials:  # what a rerun with --jobs 1 needs: every param, and the trial's seed
+        assert t.state == TrialState.COMPLETE and set(t.params) == searched
+        assert t.user_attrs["manifest"]["seed"] == trial_seed(7, t.number)
