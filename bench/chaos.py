@@ -35,7 +35,6 @@ from wandb_offline import offline_runs  # noqa: E402
 from datasets.cache import load_features  # noqa: E402
 from datasets.synthetic import write_synthetic  # noqa: E402
 from models.checkpoint import load_checkpoint  # noqa: E402
-from search.runner import counted_trials  # noqa: E402
 from search.storage import MAX_RETRY  # noqa: E402
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -130,7 +129,7 @@ def wait_running(soak: Soak, args, timeout: float = 300.0) -> bool:
             trials = []
         if any(t.state == TrialState.RUNNING for t in trials):
             return True
-        if counted_trials(trials) >= args.trials and not any(
+        if sum("failed_trial" not in t.system_attrs for t in trials) >= args.trials and not any(
                 t.state == TrialState.WAITING for t in trials):
             return False
         if all(w.proc.poll() is not None for w in soak.workers):
@@ -151,8 +150,9 @@ def wait_all(soak: Soak, timeout: float) -> None:
             worker.proc.wait()
 
 
-def check(soak: Soak, args) -> list[tuple[str, bool, str]]:
-    """Return (check, passed, detail) for every promise the study must keep."""
+def check(soak: Soak, args) -> tuple[list[tuple[str, bool, str]], int]:
+    """Return (check, passed, detail) for every promise the study must keep, and trials lost
+    (budget not run, or chains left unfinished)."""
     study = optuna.load_study(study_name=soak.name, storage=args.storage)
     trials = study.get_trials()
     by_number = {t.number: t for t in trials}
@@ -162,7 +162,7 @@ def check(soak: Soak, args) -> list[tuple[str, bool, str]]:
     abandoned = [first for first, chain in chains.items()
                  if len(chain) == MAX_RETRY + 1 and all(t.state == TrialState.FAIL for t in chain)]
     results = []
-    logical = counted_trials(trials)
+    logical = len(chains)  # counted here, not by the code under test
     results.append(("logical trials == budget", logical == args.trials,
                     f"{logical} logical ({len(trials)} rows) for a budget of {args.trials}"))
     retried = sum(1 for t in trials if "failed_trial" in t.system_attrs)
@@ -172,6 +172,9 @@ def check(soak: Soak, args) -> list[tuple[str, bool, str]]:
                     f"abandoned after {MAX_RETRY + 1} attempts: {abandoned}"))
     left = [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     results.append(("no trial left RUNNING or WAITING", not left, f"left: {left}"))
+    unfinished = {t.system_attrs.get("failed_trial", t.number) for t in trials
+                  if t.number in left}
+    lost = max(0, args.trials - logical) + len(unfinished)
     bad_retries = []
     for t in trials:
         if "failed_trial" in t.system_attrs:
@@ -202,7 +205,7 @@ def check(soak: Soak, args) -> list[tuple[str, bool, str]]:
         detail = (f"best.pt trial {extra.get('trial_number')} value {extra.get('value')}; "
                   f"study best trial {best.number} value {best.value}")
     results.append(("best.pt scores the study's best", best_ok, detail))
-    return results
+    return results, lost
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         inject(soak, args, definition, pattern, random.Random(args.seed))
         wait_all(soak, args.timeout)
-        results = check(soak, args)
+        results, lost = check(soak, args)
     finally:
         for w in soak.workers:
             if w.proc.poll() is None:
@@ -239,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(soak.workers)} workers started, logs in {root}")
     for name, ok, detail in results:
         print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
-    print(f"wall {time.perf_counter() - started:.1f} s")
+    print(f"trials lost: {lost}; wall {time.perf_counter() - started:.1f} s")
     return 0 if all(ok for _, ok, _ in results) else 1
 
 
