@@ -69,6 +69,16 @@ def stale_trial_ids(study: optuna.Study) -> list[int]:
     return sorted(stale)
 
 
+def frozen_trial(study: optuna.Study, trial_id: int) -> optuna.trial.FrozenTrial:
+    """Return a trial by its storage id (Study has no public lookup by id)."""
+    return study._storage.get_trial(trial_id)
+
+
+def set_user_attr(study: optuna.Study, trial_id: int, key: str, value: object) -> None:
+    """Set a user attr on an unfinished trial by its storage id (it may be another worker's)."""
+    study._storage.set_trial_user_attr(trial_id, key, value)
+
+
 def fail_running_trial(study: optuna.Study, trial_id: int) -> optuna.trial.FrozenTrial | None:
     """Mark a RUNNING trial FAIL; return it, or None when it had already finished."""
     storage = study._storage
@@ -79,3 +89,8 @@ def fail_running_trial(study: optuna.Study, trial_id: int) -> optuna.trial.Froze
         return None
     return storage.get_trial(trial_id)
 
+
+
+def trial_id(trial: optuna.Trial) -> int:
+    """Return a live trial's storage id (its number counts within the study only)."""
+    return trial._trial_id

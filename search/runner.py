@@ -178,14 +178,28 @@ def fail_stale_trials(study: optuna.Study) -> list[FrozenTrial]:
     """
     failed = []
     retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+    silent_s = optuna_internals.grace_period_s(study)
     for trial_id in optuna_internals.stale_trial_ids(study):
+        trial = optuna_internals.frozen_trial(study, trial_id)
+        reason = f"its worker went silent for over {silent_s:g} s (killed or hung)"
+        if _last_attempt(trial):
+            reason += f"; abandoned after {MAX_RETRY + 1} attempts"
+        try:  # before FAIL: a finished trial's attrs are read-only
+            optuna_internals.set_user_attr(study, trial_id, "fail_reason", reason)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # its worker was only late, and has finished it meanwhile
         trial = optuna_internals.fail_running_trial(study, trial_id)
         if trial is None:
             continue
-        log.warning("trial %d: its worker went silent; failed and queued for retry", trial.number)
+        log.warning("trial %d: %s", trial.number, reason)
         failed.append(trial)
         retry(study, trial)
     return failed
+
+
+def _last_attempt(trial: FrozenTrial) -> bool:
+    """Whether a trial is the last retry its chain is allowed (after it, nothing is queued)."""
+    return len(trial.system_attrs.get("retry_history", [])) >= MAX_RETRY
 
 
 def _run_one(
@@ -199,7 +213,11 @@ def _run_one(
         except optuna.TrialPruned:
             state = TrialState.PRUNED
         except (TrialInterrupted, KeyboardInterrupt) as exc:
-            trial.set_user_attr("fail_reason", f"interrupted by the user: {exc}".rstrip(": "))
+            reason = f"interrupted by the user: {exc}".rstrip(": ")
+            stored = optuna_internals.frozen_trial(study, optuna_internals.trial_id(trial))
+            if _last_attempt(stored):  # not queued again: say so, not "will resume"
+                reason += f"; abandoned after {MAX_RETRY + 1} attempts"
+            trial.set_user_attr("fail_reason", reason)
             state = TrialState.FAIL
             stop.set()
         except TrialFailed as exc:

@@ -105,7 +105,7 @@ def test_two_workers_never_both_fail_and_retry_one_stale_trial(tmp_path):
     check = storage.check_trial_is_updatable
 
     def overlapping_check(trial_id, state):
-        if trial_id == optuna_internals_trial_id(stale) and state == TrialState.RUNNING:
+        if trial_id == optuna_internals.trial_id(stale) and state == TrialState.RUNNING:
             with contextlib.suppress(threading.BrokenBarrierError):
                 barrier.wait()
         return check(trial_id, state)
@@ -125,10 +125,6 @@ def test_two_workers_never_both_fail_and_retry_one_stale_trial(tmp_path):
     retries = [t for t in study.get_trials() if "failed_trial" in t.system_attrs]
     assert len(retries) == 1, [(t.number, t.state, t.system_attrs) for t in study.get_trials()]
     assert len(asked) == 2 and all(a is not None for a in asked)
-
-
-def optuna_internals_trial_id(trial: optuna.Trial) -> int:
-    return trial._trial_id
 
 
 def test_failures_in_a_row_stop_the_run_with_the_last_reason(tmp_path):
@@ -180,3 +176,40 @@ def test_an_exception_in_a_worker_thread_is_raised_in_the_main_thread(tmp_path, 
     with pytest.raises(OSError, match="callback broke"):
         _in_thread(lambda: run_trials(study, _quick, storage_url=url, total=4, jobs=jobs,
                                       on_trial_end=on_trial_end))
+
+
+def test_a_trial_whose_worker_dies_on_every_attempt_is_abandoned_with_its_reason(tmp_path):
+    _, study = _study(tmp_path)
+    for attempt in range(3):  # the first try and MAX_RETRY retries, each worker dying silently
+        trial = study.ask()  # the first ask makes a new trial, later ones pop the queued retry
+        trial.suggest_float("x", 0.0, 1.0)
+        _wait_stale(study)
+        (failed,) = runner.fail_stale_trials(study)
+        assert failed.number == attempt
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] * 3  # nothing queued a 4th time
+    assert "went silent" in trials[0].user_attrs["fail_reason"]
+    assert "abandoned" not in trials[1].user_attrs["fail_reason"]
+    assert trials[2].user_attrs["fail_reason"].endswith("abandoned after 3 attempts")
+    assert counted_trials(trials) == 1
+
+
+def test_an_interrupted_last_attempt_says_it_is_abandoned_not_queued(tmp_path):
+    url, study = _study(tmp_path)
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=2)
+    for _ in range(2):
+        trial = study.ask()
+        trial.suggest_float("x", 0.0, 1.0)
+        retry(study, study.tell(trial, state=TrialState.FAIL))
+
+    def interrupted(trial, stop):
+        trial.suggest_float("x", 0.0, 1.0)
+        raise runner.TrialInterrupted("at epoch 1 step 3")
+
+    outcome = _in_thread(lambda: run_trials(study, interrupted, storage_url=url, total=1))
+    assert outcome.reason == "interrupted"
+    last = study.get_trials()[-1]
+    assert last.number == 2 and last.state == TrialState.FAIL
+    assert last.user_attrs["fail_reason"] == (
+        "interrupted by the user: at epoch 1 step 3; abandoned after 3 attempts")
+    assert not study.get_trials(states=(TrialState.WAITING,))
