@@ -93,8 +93,10 @@ def start(soak: Soak, args: argparse.Namespace, definition: Path, pattern: str) 
            "--heartbeat", "1", "--trials", str(args.trials)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_DIR": str(soak.root / "runs"),
            "OMP_NUM_THREADS": "1"}
+    # SIG_DFL first: started from a background shell, a worker would inherit an ignored SIGINT.
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     worker = Worker(proc, log)
     soak.workers.append(worker)
     return worker

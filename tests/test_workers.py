@@ -63,8 +63,15 @@ def _args(root: Path, data, name: str, storage: str, *extra: str) -> list[str]:
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled"}
+    # A shell that starts pytest in the background makes its children ignore SIGINT, and a
+    # worker started so would never see the Ctrl-C these tests send: restore the default.
     return subprocess.Popen([sys.executable, str(REPO / "run_study.py"), *args], cwd=REPO,
-                            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+                            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 # Every parameter the tiny definition searches (batch_size is fixed, not suggested).
