@@ -69,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="glob of TFRecord shards (default: the definition's data.pattern; the "
                         "embedded demo set when that matches nothing)")
     p.add_argument("--jobs", type=_positive_int, default=1,
-                   help="trials run at once in this process (they share one copy of the data)")
+                   help="trials run at once in this process (they share one copy of the data); "
+                        "above 1 trades reproducibility for speed: which params are drawn "
+                        "depends on timing, though each trial's recorded params and seed "
+                        "rerun it alone with --jobs 1")
     p.add_argument("--device", default="auto",
                    help="cpu, cuda or cuda:N; auto takes the GPU when there is one")
     p.add_argument("--seed", type=int, default=None,
@@ -88,9 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default=None,
                    help="where checkpoints, final scores and the report go "
                         "(default: studies/runs/NAME; see --study for where studies/ is)")
-    p.add_argument("--heartbeat", type=_positive_int, default=10,
-                   help="seconds between a trial's heartbeats on a database storage; a trial "
-                        "silent for 3x this is failed and retried with the same params")
+    p.add_argument("--heartbeat", type=_positive_int, default=None,
+                   help="seconds between a trial's heartbeats on a database storage (default "
+                        "10); a trial silent for 3x this is failed and retried with the same "
+                        "params; journal storages have none")
+    p.add_argument("--max-failures", type=_non_negative_int, default=5,
+                   help="stop with exit 1 after this many trials in a row fail in this "
+                        "process (a bug, not bad luck); 0 never stops")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     return p
 
@@ -444,8 +451,7 @@ def _study(args: argparse.Namespace) -> int:
         print(f"no data given and none in {definition.data.pattern}: using the embedded "
               f"synthetic demo set {pattern}")
     data = load_study_data(definition.data, pattern, demo)
-    storage = open_storage(url, heartbeat_interval=args.heartbeat,
-                           grace_period=3 * args.heartbeat)
+    storage = open_storage(url, heartbeat_interval=args.heartbeat)
     study = open_study(name, storage, definition, seed=seed, prune=not args.no_prune,
                        feature_dim=data.features.feature_dim,
                        fingerprint=data.features.fingerprint)
@@ -483,8 +489,13 @@ def _study(args: argparse.Namespace) -> int:
                          storage_url=url, total=args.trials, jobs=args.jobs,
                          timeout=args.timeout, on_trial_end=on_trial_end,
                          sampler_for=lambda n: make_sampler(definition.sampler,
-                                                            trial_seed(seed, n)))
+                                                            trial_seed(seed, n)),
+                         max_failures=args.max_failures)
     bar.close()
+    if outcome.reason == "failures":
+        print(f"error: stopped after {args.max_failures} failed trials in a row; last: "
+              f"{outcome.last_failure}", file=sys.stderr)
+        return 1
     try:
         where, scored_here = _finish(study, settings, out_dir, outcome.reason, args, url)
     except KeyboardInterrupt:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import random
 import re
 import threading
@@ -23,8 +24,10 @@ from optuna.storages.journal import JournalFileBackend
 
 from search.errors import StudyError
 
+log = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL_S = 10
-GRACE_PERIOD_S = 30
+# A trial silent for this many heartbeat intervals counts as dead.
+GRACE_PERIODS_PER_BEAT = 3
 # A trial whose worker died is retried with the same params at most this often.
 MAX_RETRY = 2
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -46,19 +49,38 @@ def journal_path(url: str) -> Path | None:
 
 def open_storage(
     url: str,
-    heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
-    grace_period: int = GRACE_PERIOD_S,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
 ) -> optuna.storages.BaseStorage:
-    """Return a connected storage; StudyError when the URL is wrong or unreachable."""
+    """Return a connected storage; StudyError when the URL is wrong, unreachable or unsafe.
+
+    `heartbeat_interval` None means the default; a journal storage has no heartbeat, so an
+    interval given with one is warned about (a dead worker's trial there stays RUNNING).
+    """
     journal = journal_path(url)
     if journal is not None:
+        if heartbeat_interval is not None:
+            log.warning(
+                "storage %s is a journal file, which has no heartbeats: a killed worker's trial "
+                "stays RUNNING and is not retried; use sqlite:/// or postgresql:// for that", url)
         journal.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(journal)))
-    if not url.startswith(("sqlite:", "postgresql:", "postgresql+", "mysql:", "mysql+")):
+    if url.startswith("mysql"):
+        # MySQL's GET_LOCK could hold the budget lock, but no MySQL server is tested here, and
+        # an untested lock overshoots budgets silently: refuse rather than pretend.
+        raise StudyError(
+            f"storage {redact_url(url)}: MySQL is not supported (workers could not share the trial "
+            "budget safely); use postgresql://user@host/db for many workers, or sqlite:///path.db"
+        )
+    if not url.startswith(("sqlite:", "postgresql:", "postgresql+")):
         raise StudyError(
             f"storage {redact_url(url)!r} is not a database URL; use sqlite:///path.db, "
             "postgresql://user@host/db or journal:///path.log"
         )
+    if heartbeat_interval is None:
+        heartbeat_interval = HEARTBEAT_INTERVAL_S
+    if grace_period is None:
+        grace_period = GRACE_PERIODS_PER_BEAT * heartbeat_interval
     engine_kwargs: dict = {}
     if url.startswith("sqlite:"):
         _sqlite_file(url).parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import optuna
 import pytest
 import sqlalchemy
 from optuna.trial import TrialState
-from study_fixtures import study_args, write_tiny_data
+from study_fixtures import TINY_DEFINITION, study_args, write_tiny_data
 from wandb_offline import offline_runs
 
 from datasets.cache import load_features
@@ -63,11 +63,23 @@ def _args(root: Path, data, name: str, storage: str, *extra: str) -> list[str]:
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled"}
+    # A shell that starts pytest in the background makes its children ignore SIGINT, and a
+    # worker started so would never see the Ctrl-C these tests send: restore the default.
     return subprocess.Popen([sys.executable, str(REPO / "run_study.py"), *args], cwd=REPO,
-                            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+                            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            preexec_fn=_default_sigint)
 
 
-def _wait_running(storage: str, name: str, timeout: float = 60.0) -> optuna.trial.FrozenTrial:
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+# Every parameter the tiny definition searches (batch_size is fixed, not suggested).
+SPACE = {k for k, v in TINY_DEFINITION["space"].items() if isinstance(v, dict)}
+
+
+def _wait_running(storage: str, name: str, timeout: float = 120.0) -> optuna.trial.FrozenTrial:
+    """Return a RUNNING trial once it has drawn every parameter (it is training by then)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -75,10 +87,18 @@ def _wait_running(storage: str, name: str, timeout: float = 60.0) -> optuna.tria
                 states=(TrialState.RUNNING,))
         except KeyError:
             running = []
-        if running:
-            return running[0]
+        drawn = [t for t in running if set(t.params) == SPACE]
+        if drawn:
+            return drawn[0]
         time.sleep(0.1)
-    raise AssertionError("no trial started running")
+    raise AssertionError("no trial reached training with all its params drawn")
+
+
+def _trial(storage: str, name: str, number: int) -> optuna.trial.FrozenTrial:
+    """Return the trial as stored now (not a snapshot taken while it was still running)."""
+    (trial,) = [t for t in optuna.load_study(study_name=name, storage=storage).get_trials()
+                if t.number == number]
+    return trial
 
 
 @postgres
@@ -107,10 +127,10 @@ def test_three_workers_share_one_budget_exactly(tmp_path, data, pg_study):
 def test_killed_workers_trial_fails_and_is_retried_with_its_params(tmp_path, data, pg_study):
     slow = ("--trials", "1", "--epochs", "2000", "--heartbeat", "1", "--no-prune")
     victim = _start(_args(tmp_path, data, pg_study, PG_URL, *slow), tmp_path / "victim.log")
-    doomed = _wait_running(PG_URL, pg_study)
-    time.sleep(1.5)  # a heartbeat or two recorded
+    running = _wait_running(PG_URL, pg_study)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
+    doomed = _trial(PG_URL, pg_study, running.number)  # its params as the kill left them
     survivor = _start(_args(tmp_path, data, pg_study, PG_URL, "--trials", "1", "--epochs", "2",
                             "--heartbeat", "1"), tmp_path / "survivor.log")
     assert survivor.wait(timeout=180) == 0, (tmp_path / "survivor.log").read_text()[-3000:]
@@ -118,7 +138,7 @@ def test_killed_workers_trial_fails_and_is_retried_with_its_params(tmp_path, dat
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert trials[0].number == doomed.number
     retry = trials[1]
-    assert retry.params == doomed.params
+    assert retry.params == doomed.params and set(retry.params) == SPACE
     assert retry.system_attrs["failed_trial"] == doomed.number
 
 
@@ -128,7 +148,6 @@ def _interrupt_then_resume(
     slow = ("--trials", "2", "--epochs", "2000", "--no-prune", "--wandb-mode", wandb)
     worker = _start(_args(tmp_path, data, name, storage, *slow), tmp_path / "first.log")
     _wait_running(storage, name)
-    time.sleep(1.0)
     worker.send_signal(signal.SIGINT)
     assert worker.wait(timeout=60) == 130
     printed = (tmp_path / "first.log").read_text()
