@@ -24,6 +24,7 @@ from wandb_offline import (
     run_file,
 )
 
+from datasets.errors import UserError
 from search import tracking
 from search.clip_outcomes import outcome_attrs
 from search.tracking import TrackingConfig, TrackingError, TrialRun
@@ -468,3 +469,7 @@ def test_study_run_trials_table_leaves_out_per_clip_outcomes(tmp_path):
     (row,) = read_table(_tables_by_key(got)["study/trials"])
     assert json.loads(row["user_attrs"]) == {"epochs_run": 1}
 
+
+def test_tracking_error_is_a_user_error_so_the_cli_prints_one_line():
+    assert issubclass(TrackingError, UserError)
+    assert not issubclass(TrackingError, ValueError | RuntimeError)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from datasets.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 MODES = ("online", "offline", "disabled")
@@ -18,7 +20,7 @@ MODES = ("online", "offline", "disabled")
 _DEFAULT_HOSTS = ("api.wandb.ai", "api.forge.coreweave.com")
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError):
     """W&B tracking cannot do what was asked; the message says why and what to do instead."""
 
 
