@@ -172,7 +172,6 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     argv = sys.argv[1:] if argv is None else argv
     from datasets.errors import UserError
-    from search.tracking import TrackingError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # wandb prints three lines per run; the summary gives the one command that matters (sync).
@@ -183,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] in (["audit"], ["evaluate"]):
             return _audit_or_evaluate(argv[0], argv[1:])
         return _study(build_parser().parse_args(argv))
-    except (UserError, TrackingError) as exc:
+    except UserError as exc:  # StudyError, DataError, TrackingError, ...
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before any trial started: nothing to clean up

@@ -16,6 +16,8 @@ from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upl
 from optuna.trial import FrozenTrial
 from PIL import Image, ImageDraw, ImageFont
 
+from search import optuna_internals
+
 logger = logging.getLogger(__name__)
 
 # Viridis at 9 stops (from matplotlib's table): readable in grey and for colour-blind readers.
@@ -133,7 +135,7 @@ def attach_best_artifacts(
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"cannot attach artifacts, no such file(s): {', '.join(missing)}")
-    storage = study._storage
+    storage = optuna_internals.storage(study)
     target = _frozen_trial(study, trial)
     owner: optuna.Study | FrozenTrial = target
     prefix = ""
@@ -169,13 +171,13 @@ def attach_best_artifacts(
 def _frozen_trial(study: optuna.Study, trial: int | FrozenTrial | optuna.Trial) -> FrozenTrial:
     if isinstance(trial, FrozenTrial):
         # Read again: the caller's copy may predate the trial's end.
-        return study._storage.get_trial(trial._trial_id)
+        return optuna_internals.frozen_trial(study, optuna_internals.trial_id(trial))
     number = trial.number if isinstance(trial, optuna.Trial) else int(trial)
     try:
-        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        trial_id = optuna_internals.trial_id_by_number(study, number)
     except KeyError as e:
         raise ValueError(f"study {study.study_name!r} has no trial number {number}") from e
-    return study._storage.get_trial(trial_id)
+    return optuna_internals.frozen_trial(study, trial_id)
 
 
 def _link_or_copy(source: Path, target: Path) -> Path:

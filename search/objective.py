@@ -23,19 +23,12 @@ from search.artifacts import attach_best_artifacts, render_confusion_png
 from search.best_checkpoint import BestCheckpoint
 from search.clip_outcomes import CLASSES_KEY, outcome_attrs
 from search.definition import StudyDefinition
+from search.errors import TrialFailed, TrialInterrupted
 from search.manifest import manifest, trial_seed
 from search.pruning import explain_prune
 from search.space import suggest
 from search.study_data import StudyData
 from search.tracking import TrackingConfig, TrialRun
-
-
-class TrialFailed(Exception):
-    """A trial that cannot finish (e.g. out of GPU memory); the study goes on."""
-
-
-class TrialInterrupted(Exception):
-    """The user pressed Ctrl-C while this trial ran."""
 
 
 @dataclass(frozen=True)

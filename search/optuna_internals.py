@@ -1,7 +1,9 @@
-"""The worker loop's uses of Optuna's private API, in one place, checked by a test on upgrade.
+"""Every use of Optuna's private API in search/, in one place, checked by a test on upgrade.
 
 Optuna sends heartbeats and finds stale trials only inside `Study.optimize`, which cannot hold a
 budget shared by many workers; our loop (search/runner.py) does both itself, so it needs these.
+Attaching files to another worker's or a finished trial (search/artifacts.py) needs the study's
+storage and a trial's storage id, which Study and FrozenTrial do not expose publicly.
 tests/test_optuna_internals.py fails loudly when an Optuna release removes or renames any of them.
 """
 
@@ -90,7 +92,16 @@ def fail_running_trial(study: optuna.Study, trial_id: int) -> optuna.trial.Froze
     return storage.get_trial(trial_id)
 
 
-
-def trial_id(trial: optuna.Trial) -> int:
-    """Return a live trial's storage id (its number counts within the study only)."""
+def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+    """Return a trial's storage id (its number counts within the study only)."""
     return trial._trial_id
+
+
+def trial_id_by_number(study: optuna.Study, number: int) -> int:
+    """Return the storage id of the study's trial `number`; KeyError when there is none."""
+    return study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+
+
+def storage(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """Return the study's storage, which Optuna's artifact functions need for a FrozenTrial."""
+    return study._storage

@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 import optuna
-import optuna.visualization as ov
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 from plotly.offline import get_plotlyjs
 
 from search.artifacts import row_normalised
+from search.study_plots import StudyPlots, study_plots
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ STATE_COLOURS = {
     "WAITING": "#6b7280",
 }
 _PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+# Optuna's plots in the page (search/study_plots.py); the learning curves are drawn here, by state.
+_OPTUNA_PLOTS = ("optimization_history", "param_importances", "parallel_coordinate", "slice")
 _MAX_TICK_LABELS = 30  # above this many classes the confusion axes name classes on hover only
 
 
@@ -63,14 +65,16 @@ def render_report(study: optuna.Study) -> str:
     single = len(study.directions) == 1
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = _best_trial(study, complete) if single else None
+    plots = study_plots(study, _OPTUNA_PLOTS)
     sections = [
         _header(study, trials),
         _summary_section(study, best, attrs),
-        _history_section(study, complete, single),
+        _plot_section(plots, "optimization_history", "Optimization history", height=420),
         _curves_section(trials),
-        _importance_section(study, complete, single),
-        _parallel_section(study, complete, single),
-        _slice_section(study, complete, single),
+        _plot_section(plots, "param_importances", "Parameter importances", height=360),
+        _plot_section(plots, "parallel_coordinate", "Parallel coordinates", height=460,
+                      scope=" (completed trials)"),
+        _plot_section(plots, "slice", "Slice plots", height=400, scope=" (completed trials)"),
         _test_section(attrs.get("final")),
         _protocol_section(attrs.get("protocol")),
         _audit_section(attrs.get("audit")),
@@ -180,11 +184,16 @@ def _summary_section(study: optuna.Study, best: FrozenTrial | None, attrs: dict[
     return _card("Best configuration", f'<div class="cols"><div>{left}</div><div>{right}</div>')
 
 
-def _history_section(study: optuna.Study, complete: Sequence[FrozenTrial], single: bool) -> str:
-    if not single or not complete:
-        return _card("Optimization history", _note("Appears once a trial has completed."))
-    fig = ov.plot_optimization_history(study, target_name="validation top-1")
-    return _card("Optimization history", _figure(fig, height=420))
+def _plot_section(
+    plots: StudyPlots, name: str, title: str, *, height: int, scope: str = ""
+) -> str:
+    """Return the card of one Optuna plot (title + scope), or of why it is not drawn yet."""
+    fig = plots.figures.get(name)
+    if fig is None:
+        return _card(title, _note(html.escape(plots.missing[name])))
+    if name == "slice":
+        fig.update_layout(width=None, autosize=True)  # Optuna fixes a width per parameter
+    return _card(title + scope, _figure(fig, height=height))
 
 
 def _curves_section(trials: Sequence[FrozenTrial]) -> str:
@@ -232,33 +241,6 @@ def _curves_section(trials: Sequence[FrozenTrial]) -> str:
         + '<p class="caption">Pruned trials stop early; their prune reason is in the table '
         "of trials below.</p>",
     )
-
-
-def _importance_section(study: optuna.Study, complete: Sequence[FrozenTrial], single: bool) -> str:
-    title = "Parameter importances"
-    if not single or len(complete) < 2:
-        return _card(title, _note("Needs at least two completed trials."))
-    try:
-        fig = ov.plot_param_importances(study)
-    except (ValueError, RuntimeError) as e:
-        # Importances are undefined e.g. when no parameter varies across completed trials.
-        return _card(title, _note(f"Not available for this study yet: {e}"))
-    return _card(title, _figure(fig, height=360))
-
-
-def _parallel_section(study: optuna.Study, complete: Sequence[FrozenTrial], single: bool) -> str:
-    if not single or not complete:
-        return _card("Parallel coordinates", _note("Appears once a trial has completed."))
-    fig = ov.plot_parallel_coordinate(study, target_name="validation top-1")
-    return _card("Parallel coordinates (completed trials)", _figure(fig, height=460))
-
-
-def _slice_section(study: optuna.Study, complete: Sequence[FrozenTrial], single: bool) -> str:
-    if not single or not complete:
-        return _card("Slice plots", _note("Appears once a trial has completed."))
-    fig = ov.plot_slice(study, target_name="validation top-1")
-    fig.update_layout(width=None, autosize=True)
-    return _card("Slice plots (completed trials)", _figure(fig, height=400))
 
 
 def _test_section(final: Any) -> str:

@@ -25,7 +25,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from search import optuna_internals
-from search.objective import TrialFailed, TrialInterrupted
+from search.errors import TrialFailed, TrialInterrupted
 from search.storage import MAX_RETRY, budget_lock
 
 log = logging.getLogger(__name__)

@@ -64,3 +64,29 @@ def _beaten(study: optuna.Study) -> set[int]:
 
     with optuna_internals.rdb_storage(study).scoped_session() as session:
         return {row.trial_id for row in session.query(models.TrialHeartbeatModel).all()}
+
+
+def test_a_trial_is_found_by_its_number_and_its_storage_id(study):
+    study.ask()  # trial 0, so numbers and ids could differ in another study of the storage
+    other = optuna.create_study(study_name="other", storage=optuna_internals.storage(study))
+    other.ask()
+    trial = other.ask()
+    trial_id = optuna_internals.trial_id_by_number(other, 1)
+    assert trial_id == optuna_internals.trial_id(trial) != 1
+    frozen = optuna_internals.frozen_trial(other, trial_id)
+    assert frozen.number == 1 and optuna_internals.trial_id(frozen) == trial_id
+    with pytest.raises(KeyError):
+        optuna_internals.trial_id_by_number(other, 7)
+
+
+def test_the_study_storage_takes_artifacts_of_a_running_trial(study, tmp_path):
+    from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
+
+    trial = study.ask()
+    frozen = optuna_internals.frozen_trial(study, optuna_internals.trial_id(trial))
+    (tmp_path / "a.txt").write_text("a")
+    store = FileSystemArtifactStore(tmp_path)
+    storage = optuna_internals.storage(study)
+    upload_artifact(artifact_store=store, file_path=str(tmp_path / "a.txt"),
+                    study_or_trial=frozen, storage=storage)
+    assert [m.filename for m in get_all_artifact_meta(frozen, storage=storage)] == ["a.txt"]

@@ -10,6 +10,7 @@ import pytest
 from optuna.trial import TrialState
 from study_factory import CLASS_NAMES, make_study
 
+from search.clip_outcomes import outcome_attrs
 from search.report import write_report
 
 
@@ -235,3 +236,20 @@ def test_report_says_how_to_run_the_audit_and_protocol_when_they_have_not_run(tm
     page = _report(make_study(), tmp_path)
     assert "run_study.py audit" in _section(page, "Pruning audit")
     assert "run_study.py evaluate --splits 1 2 3" in _section(page, "UCF-101 protocol")
+
+
+def test_per_clip_outcomes_stay_out_of_the_report(tmp_path):
+    study = optuna.create_study(study_name="outcomes", direction="maximize")
+    outcomes = outcome_attrs(1, np.arange(4000) % 3 == 0, np.full(4000, 0.5))
+    for number in range(2):
+        trial = study.ask()
+        trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+        trial.set_user_attr("val_clips/1", outcomes["val_clips/1"])
+        trial.set_user_attr("epochs_run", 1)
+        trial.report(0.3 + number / 10, 1)
+        study.tell(trial, 0.3 + number / 10)
+    page = _report(study, tmp_path)
+    assert "<td>#1</td>" in page  # the best trial's table is there, without its outcomes
+    assert "val_clips" not in page
+    assert outcomes["val_clips/1"]["correct"] not in page
+    assert outcomes["val_clips/1"]["loss"] not in page

@@ -4,8 +4,11 @@ failures in a row and exceptions in worker threads."""
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -14,6 +17,8 @@ from optuna.trial import TrialState
 
 from search import optuna_internals, runner
 from search.runner import counted_trials, run_trials
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _storage(tmp_path, beat: int = 1) -> tuple[str, RDBStorage]:
@@ -213,3 +218,14 @@ def test_an_interrupted_last_attempt_says_it_is_abandoned_not_queued(tmp_path):
     assert last.user_attrs["fail_reason"] == (
         "interrupted by the user: at epoch 1 step 3; abandoned after 3 attempts")
     assert not study.get_trials(states=(TrialState.WAITING,))
+
+
+def test_importing_the_worker_loop_imports_neither_torch_nor_wandb():
+    # The loop is generic: a trial's outcome types live in search.errors, not in the objective.
+    code = (
+        "import sys\n"
+        "import search.runner\n"
+        "heavy = sorted({'torch', 'wandb', 'search.objective'} & set(sys.modules))\n"
+        "assert not heavy, f'search.runner imported {heavy}'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)

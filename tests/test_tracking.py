@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -23,7 +24,9 @@ from wandb_offline import (
     run_file,
 )
 
+from datasets.errors import UserError
 from search import tracking
+from search.clip_outcomes import outcome_attrs
 from search.tracking import TrackingConfig, TrackingError, TrialRun
 
 REPO = Path(__file__).resolve().parents[1]
@@ -451,3 +454,22 @@ def test_reader_joins_records_split_across_blocks_and_checks_crcs(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(OfflineRunError, match="CRC mismatch"):
         list(read_records(path))
+
+
+def test_study_run_trials_table_leaves_out_per_clip_outcomes(tmp_path):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", study_name="study-a")
+    outcomes = outcome_attrs(1, np.arange(4000) % 3 == 0, np.full(4000, 0.5))
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+    trial.set_user_attr("val_clips/1", outcomes["val_clips/1"])
+    trial.set_user_attr("epochs_run", 1)
+    study.tell(trial, 0.5)
+    got = read_run(tracking.log_study_run(_cfg(tmp_path), study, None, []))
+    (row,) = read_table(_tables_by_key(got)["study/trials"])
+    assert json.loads(row["user_attrs"]) == {"epochs_run": 1}
+
+
+def test_tracking_error_is_a_user_error_so_the_cli_prints_one_line():
+    assert issubclass(TrackingError, UserError)
+    assert not issubclass(TrackingError, ValueError | RuntimeError)
