@@ -199,7 +199,7 @@ def _home() -> Path:
     return Path() if Path("studies").is_dir() else HERE
 
 
-def _names(args: argparse.Namespace):
+def _definition_and_storage(args: argparse.Namespace):
     """Return the study definition, the study's name and its storage URL."""
     from search.definition import load_definition
     from search.storage import default_storage_url
@@ -255,7 +255,7 @@ def _report(args: argparse.Namespace) -> int:
     from search.report import write_report
     from search.storage import open_storage, redact_url
 
-    _, name, url = _names(args)
+    _, name, url = _definition_and_storage(args)
     storage = open_storage(url)
     try:
         study = optuna.load_study(study_name=name, storage=storage)
@@ -272,6 +272,7 @@ def _finished_study(args: argparse.Namespace):
     """Return the loaded study, the settings its trials ran with, and the output folder."""
     import optuna
 
+    from datasets.device import resolve_device
     from search.best_checkpoint import BestCheckpoint
     from search.errors import StudyError
     from search.objective import TrialSettings
@@ -283,8 +284,8 @@ def _finished_study(args: argparse.Namespace):
         logging.getLogger().setLevel(logging.INFO)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    definition, name, url = _names(args)
-    device = _device(args.device)
+    definition, name, url = _definition_and_storage(args)
+    device = resolve_device(args.device)
     out_dir = _out_dir(args, name)
     try:
         study = optuna.load_study(study_name=name, storage=open_storage(url))
@@ -302,10 +303,9 @@ def _finished_study(args: argparse.Namespace):
         definition=definition, data=data, device=device,
         seed=int(study.user_attrs.get("seed", definition.sampler.seed)),
         epochs=getattr(args, "epochs", None) or definition.train.max_epochs,
-        prune=False,
         tracking=TrackingConfig(mode="disabled", project=definition.tracking.project,
                                 group=name, dir=str(out_dir)),
-        best=BestCheckpoint(out_dir / "best.pt"), artifact_dir=out_dir / "artifacts")
+        checkpoint=BestCheckpoint(out_dir / "best.pt"), artifact_dir=out_dir / "artifacts")
     return study, settings, out_dir
 
 
@@ -405,29 +405,23 @@ def _audit_text(record: dict, path: Path) -> str:
     return "\n".join(lines)
 
 
-def _device(requested: str) -> str:
-    import torch
-
-    from search.errors import StudyError
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise StudyError(f"--device {requested}: no CUDA GPU is visible here; use --device cpu")
-    if requested != "cpu" and not requested.startswith("cuda"):
-        raise StudyError(f"--device {requested!r}: use cpu, cuda, cuda:N or auto")
-    return requested
-
-
 def _study(args: argparse.Namespace) -> int:
+    """Run the search; the device copy of the data it holds lives until its wrap-up is done."""
+    with contextlib.ExitStack() as held:
+        return _search(args, held)
+
+
+def _search(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     import optuna
     import torch
     from tqdm import tqdm
 
+    from datasets.device import resolve_device
+    from datasets.loading import resident_clips
     from search import console, tracking
     from search.best_checkpoint import BestCheckpoint
     from search.manifest import trial_seed
-    from search.objective import TrialSettings, loaders, objective
+    from search.objective import TrialSettings, objective
     from search.runner import counted_trials, run_trials
     from search.storage import open_storage, redact_url
     from search.study import make_sampler, open_study
@@ -439,8 +433,8 @@ def _study(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Heartbeats, their retry callback and artifacts are "experimental" in Optuna 5 but pinned.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    definition, name, url = _names(args)
-    device = _device(args.device)
+    definition, name, url = _definition_and_storage(args)
+    device = resolve_device(args.device)
     seed = definition.sampler.seed if args.seed is None else args.seed
     out_dir = _out_dir(args, name)
 
@@ -460,14 +454,13 @@ def _study(args: argparse.Namespace) -> int:
                                     entity=definition.tracking.entity)
     settings = TrialSettings(definition=definition, data=data, device=device, seed=seed,
                              epochs=args.epochs or definition.train.max_epochs,
-                             prune=not args.no_prune, tracking=track,
-                             best=BestCheckpoint(out_dir / "best.pt"),
+                             tracking=track, checkpoint=BestCheckpoint(out_dir / "best.pt"),
                              artifact_dir=out_dir / "artifacts")
     if device == "cpu" and args.jobs > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
     # On a GPU the train and validation clips are copied to the device once, here, and every
-    # trial's loaders find this copy (datasets.batches shares it while anyone holds it).
-    resident = loaders({}, settings, seed, ("train", "val")) if device != "cpu" else []
+    # trial's loaders share this copy; it is held until the final scoring is done.
+    held.enter_context(resident_clips(data, ("train", "val"), device))
     print(f"study {name!r} in {redact_url(url)}: {len(data.parts['train'])} train / "
           f"{len(data.parts['val'])} val / {len(data.parts['test'])} test clips, "
           f"{data.features.feature_dim}-d, device {device}, W&B {mode}")
@@ -501,7 +494,6 @@ def _study(args: argparse.Namespace) -> int:
         print("interrupted while scoring the best trial on the test groups; run the same "
               "command again to score it", file=sys.stderr)
         return 130
-    del resident  # held until the final scoring is done
     print(console.summary(
         study, wall_s=time.perf_counter() - started, outcome=outcome.reason, storage_url=url,
         where=where, dashboard_cmd=_dashboard_command(url, out_dir),
@@ -585,7 +577,7 @@ def _wrap_up(study, settings, out_dir: Path) -> tuple[dict[str, str], bool]:
             png = render_confusion_png(confusion, final["class_names"],
                                        out_dir / "test-confusion.png")
             attach_best_artifacts(study, final["trial_number"], [png], settings.artifact_dir)
-        where["best checkpoint"] = str(settings.best.path)
+        where["best checkpoint"] = str(settings.checkpoint.path)
         where["final scores"] = str(out_dir / "final.json")
     run_path = tracking.log_study_run(settings.tracking, study, confusion,
                                       settings.data.class_names)

@@ -98,7 +98,8 @@ def train_curves(args: argparse.Namespace, root: Path) -> tuple[list[Curve], int
 
         config = TrainConfig(lr=float(params["lr"]), clip_norm=float(params["clip_norm"]),
                              weight_decay=float(params.get("weight_decay", 0.0)),
-                             epochs=args.epochs, seed=seed, explode_norm=1e4, explode_loss=100.0)
+                             epochs=args.epochs, seed=seed, explode_grad_norm=1e4,
+                             explode_loss=100.0)
         start = time.perf_counter()
         try:
             train(model, train_loader, val_loader, config, on_epoch=keep)

@@ -115,9 +115,9 @@ def hand_arm(pattern: str, quick: bool, device: str, work: Path) -> dict[str, An
     data = load_study_data(definition.data, pattern, False)
     settings = TrialSettings(
         definition=definition, data=data, device=_device(device), seed=0,
-        epochs=definition.train.max_epochs, prune=False,
+        epochs=definition.train.max_epochs,
         tracking=TrackingConfig(mode="disabled", project="bench", group="hand", dir=str(work)),
-        best=BestCheckpoint(work / "hand-best.pt"), artifact_dir=work / "hand-artifacts")
+        checkpoint=BestCheckpoint(work / "hand-best.pt"), artifact_dir=work / "hand-artifacts")
     params, epochs = (QUICK_HAND, QUICK_HAND_EPOCHS) if quick else (HAND, HAND_EPOCHS)
     refit = refit_and_score(params, settings, seed=0, epochs=epochs)
     return {"arm": "hand", "test_top1_refit": float(refit.test.top1),

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
+from datasets import inspect
 from datasets.errors import UserError
-
-# name -> module; a new command is one more line here plus a module with the same three names.
-COMMANDS = {"inspect": "datasets.inspect"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,11 +21,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, run the chosen command, and return the exit code."""
     parser = _Parser(prog="python -m datasets", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module_name in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        sub = commands.add_parser(name, help=module.HELP, description=module.__doc__)
-        module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
+    sub = commands.add_parser("inspect", help=inspect.HELP, description=inspect.__doc__)
+    inspect.add_arguments(sub)
+    sub.set_defaults(run=inspect.run)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))

@@ -165,8 +165,8 @@ _RESIDENT: weakref.WeakValueDictionary[tuple, _ResidentFrames] = weakref.WeakVal
 
 
 def _resident_key(data: FeatureSet, clips: np.ndarray, device: torch.device) -> tuple:
-    # The fingerprint names the content (hash of the source files), so separately loaded
-    # FeatureSets of the same cache share one copy.
+    # The fingerprint names the cache (a hash of the source files' paths, sizes, mtimes and
+    # record CRCs, datasets.cache), so separately loaded FeatureSets of one cache share a copy.
     clips_digest = hashlib.sha1(clips.tobytes()).digest()
     return (data.fingerprint, data.frames.shape, str(device), clips_digest)
 

@@ -38,8 +38,9 @@ def _read_list(path: Path) -> list[str]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise DataError(
-            f"split list {str(path)!r} does not exist; point --lists at the folder of the "
-            "official UCF101TrainTestSplits-RecognitionTask files, or leave --lists out"
+            f"split list {str(path)!r} does not exist; point the lists folder (the study's "
+            "data.lists_dir, or --lists of python -m datasets inspect) at the official "
+            "UCF101TrainTestSplits-RecognitionTask files, or leave it out"
         ) from None
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"cannot read split list {str(path)!r}: {err}") from None
@@ -65,7 +66,8 @@ def _groups(filenames: Sequence[str]) -> np.ndarray:
         raise DataError(
             f"{len(bad)} of {len(filenames)} clip names are not in UCF-101 form "
             f"'v_<Class>_g<GG>_c<CC>.avi' ({shown}), so their group (which decides the split) "
-            "is unknown; rename the clips or give the official split lists (lists_dir / --lists)"
+            "is unknown; rename the clips or give the official split lists (the study's "
+            "data.lists_dir, or --lists of python -m datasets inspect)"
         )
     return groups
 

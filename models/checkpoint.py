@@ -66,7 +66,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
-            f"checkpoint {path} does not exist; write one with python -m models.train --out {path}"
+            f"checkpoint {path} does not exist; write one with "
+            f"python -m models.train_cli --out {path}"
         )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -77,6 +78,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
         model.load_state_dict(payload["state_dict"])
     except Exception as e:  # pickle, zip, key and shape errors all mean the same to a user
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {e}; pass a file written by python -m models.train"
+            f"cannot read checkpoint {path}: {e}; pass a file written by python -m models.train_cli"
         ) from e
     return model.to(device).eval(), spec, payload["extra"]

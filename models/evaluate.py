@@ -4,7 +4,7 @@ Scoring is fp32 (no autocast, even where training uses bf16), so what the search
 score and every confusion matrix are computed the same way.
 
 Also a command: `python -m models.evaluate CHECKPOINT --part test` prints top-1/top-5 and
-the worst classes of a checkpoint written by `python -m models.train`.
+the worst classes of a checkpoint written by `python -m models.train_cli`.
 """
 
 from __future__ import annotations
@@ -104,9 +104,11 @@ def worst_classes(ev: Evaluation, n: int) -> list[tuple[int, float, int, int]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: evaluate a checkpoint on one part of the data; returns the exit status."""
+    from datasets.device import resolve_device
     from datasets.errors import UserError
+    from datasets.loading import DEFAULT_PATTERN, create_loaders, open_split
+    from datasets.splits import SplitSpec
     from models.checkpoint import load_checkpoint
-    from models.train import DEFAULT_DATA, open_parts, resolve_device
 
     parser = argparse.ArgumentParser(
         prog="python -m models.evaluate",
@@ -114,9 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "data. Data, split and stride default to what the checkpoint was trained on.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("checkpoint", help="checkpoint file written by python -m models.train")
+    parser.add_argument("checkpoint", help="checkpoint file written by python -m models.train_cli")
     parser.add_argument("--data", default=None,
-                        help=f"TFRecord glob (default: the checkpoint's, else {DEFAULT_DATA})")
+                        help=f"TFRecord glob (default: the checkpoint's, else {DEFAULT_PATTERN})")
     parser.add_argument("--part", choices=("test", "val", "train"), default="test",
                         help="which part of the split to score")
     parser.add_argument("--split", type=int, choices=(1, 2, 3), default=None,
@@ -136,24 +138,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model, spec, extra = load_checkpoint(args.checkpoint, device="cpu")
         trained = extra.get("data", {}) if isinstance(extra.get("data"), dict) else {}
-        data, loaders = open_parts(
-            pattern=args.data or trained.get("pattern", DEFAULT_DATA),
+        device = resolve_device(args.device)
+        split = open_split(
+            args.data or trained.get("pattern", DEFAULT_PATTERN),
             cache_dir=args.cache_dir,
-            split=args.split or trained.get("split", 1),
-            val_groups=args.val_groups if args.val_groups is not None
-            else trained.get("val_groups", 4),
-            split_seed=trained.get("split_seed", 0),
-            stride=args.stride or trained.get("stride", 1),
-            batch_size=args.batch_size,
-            device=resolve_device(args.device),
-            parts=(args.part,),
+            split=SplitSpec(split=args.split or trained.get("split", 1),
+                            val_groups=args.val_groups if args.val_groups is not None
+                            else trained.get("val_groups", 4),
+                            seed=trained.get("split_seed", 0)),
             input_dim=spec.input_dim,
         )
+        (loader,) = create_loaders(split, (args.part,), batch_size=args.batch_size,
+                                   stride=args.stride or trained.get("stride", 1),
+                                   device=device).values()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    device = resolve_device(args.device)
-    ev = evaluate(model, loaders[args.part], device)
+    ev = evaluate(model, loader, device)
+    data = split.features
     names = dict(zip(data.labels.tolist(), data.texts, strict=True))
     print(f"checkpoint: {args.checkpoint} ({spec.kind}"
           + (f" {spec.cell} {spec.layers}x{spec.hidden}" if spec.kind == "rnn" else "") + ")")

@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train; defaults are the original's (Adam 1e-3, clip 1.0)."""
+    """How to train: Adam(W) with global-norm clipping; by default lr 1e-3 and clip 1.0."""
 
     lr: float = 1e-3
     clip_norm: float = 1.0  # max global gradient norm; <= 0 measures the norm but never clips
@@ -58,7 +58,8 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast, on CUDA only
     frame_level: bool = False  # loss on every real frame instead of the clip read-out
     log_every: int = 20  # steps between on_step calls (and between divergence checks on CUDA)
-    explode_norm: float = math.inf  # a pre-clip gradient norm above this ends the run as diverged
+    # a pre-clip gradient norm above this ends the run as diverged
+    explode_grad_norm: float = math.inf
     explode_loss: float = math.inf  # so does a training loss above this
 
     def __post_init__(self) -> None:
@@ -171,7 +172,10 @@ def _summary(steps: list[_Step]) -> tuple[int, float, float]:
 
 
 def _check_finite(
-    steps: list[_Step], epoch: int, explode_norm: float = math.inf, explode_loss: float = math.inf
+    steps: list[_Step],
+    epoch: int,
+    explode_grad_norm: float = math.inf,
+    explode_loss: float = math.inf,
 ) -> None:
     """Raise TrainingDiverged at the first step with a non-finite or exploded loss/norm."""
     for s in steps:
@@ -183,7 +187,7 @@ def _check_finite(
                     epoch=epoch,
                     step=s.step,
                 )
-        for what, value, limit in (("gradient norm", s.grad_norm, explode_norm),
+        for what, value, limit in (("gradient norm", s.grad_norm, explode_grad_norm),
                                    ("loss", s.loss, explode_loss)):
             if value > limit:
                 raise TrainingDiverged(
@@ -320,7 +324,7 @@ def train(
                 if report or epoch_step % check_every == 0:
                     new = log.read()
                     # before the step: never step on garbage
-                    _check_finite(new, epoch, config.explode_norm, config.explode_loss)
+                    _check_finite(new, epoch, config.explode_grad_norm, config.explode_loss)
                     done += new
                 if scaler is not None:
                     scaler.step(optimizer)  # skipped on device if any gradient is inf or nan
@@ -334,7 +338,7 @@ def train(
                                        examples_per_s=size / (now - window_start)))
                     window_start, window_from = now, len(done)
             new = log.read()
-            _check_finite(new, epoch, config.explode_norm, config.explode_loss)
+            _check_finite(new, epoch, config.explode_grad_norm, config.explode_loss)
             done += new
             train_seconds = time.perf_counter() - start
             seen, train_loss, train_top1 = _summary(done)

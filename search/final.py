@@ -48,7 +48,7 @@ def score_best(
         final = {**known, "refit": _refit(params, settings, seed, best)}
         _store(study, final, runs_dir)
         return final, True
-    loaded = settings.best.load(best.number)
+    loaded = settings.checkpoint.load(best.number)
     if loaded is not None:
         model, spec = loaded
         how = "reloaded"
@@ -56,7 +56,7 @@ def score_best(
         # Another machine ran it: retrain; on the CPU the seed makes this the same model.
         spec = model_spec(params, settings)
         model = _retrain(spec, params, settings, seed)
-        settings.best.save(best.number, best.value, model, spec)
+        settings.checkpoint.save(best.number, best.value, model, spec)
         how = "retrained"
     (test_loader,) = loaders(params, settings, seed, ("test",))
     result = evaluate(model, test_loader, device=settings.device)
@@ -66,7 +66,7 @@ def score_best(
         "val_top1": best.value,
         "test": evaluation_dict(result),
         "class_names": settings.data.class_names,
-        "checkpoint": str(settings.best.path),
+        "checkpoint": str(settings.checkpoint.path),
         "weights": how,
         "refit": _refit(params, settings, seed, best),
     }
@@ -126,7 +126,7 @@ def score_baseline(study: optuna.Study, settings: TrialSettings) -> dict[str, An
                     "diverged": f"epoch {exc.epoch}: {exc.reason}"}
         study.set_user_attr("baseline", baseline)
         return baseline
-    model.load_state_dict(result.best_state)
+    # train() has left the best epoch's weights in the model.
     test = evaluate(model, test_loader, device=settings.device)
     baseline = {"bag_of_frames_val_top1": result.best_val_top1,
                 "bag_of_frames_test_top1": test.top1}
@@ -140,9 +140,8 @@ def _retrain(
     with seeded(seed):
         model = build_model(spec)
     train_loader, val_loader = loaders(params, settings, seed, ("train", "val"))
-    result = train(model, train_loader, val_loader, train_config(params, settings, seed))
-    model.load_state_dict(result.best_state)
-    return model
+    train(model, train_loader, val_loader, train_config(params, settings, seed))
+    return model  # train() has left the best epoch's weights in it
 
 
 def evaluation_dict(e: Evaluation) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import optuna
 import torch
 
 from datasets.batches import BatchLoader
+from datasets.loading import create_loaders
 from models.evaluate import evaluate
 from models.rnn import ModelSpec, build_model
 from models.seeding import seeded
@@ -39,10 +40,9 @@ class TrialSettings:
     data: StudyData
     device: str
     seed: int
-    epochs: int
-    prune: bool
+    epochs: int  # a trial's epoch budget; its pruner (NopPruner with --no-prune) is the study's
     tracking: TrackingConfig
-    best: BestCheckpoint
+    checkpoint: BestCheckpoint  # keeps the weights of the study's best trial so far
     artifact_dir: Path  # Optuna's artifact store, served by optuna-dashboard --artifact-dir
     # On CUDA each trial computes on a stream of its own (--jobs N trials overlap on one GPU);
     # False runs every trial on the default stream (tests compare the two).
@@ -74,7 +74,7 @@ def train_config(params: dict[str, Any], settings: TrialSettings, seed: int) -> 
         seed=seed,
         device=settings.device,
         frame_level=settings.definition.train.frame_level,
-        explode_norm=settings.definition.train.explode_grad_norm,
+        explode_grad_norm=settings.definition.train.explode_grad_norm,
         explode_loss=settings.definition.train.explode_loss,
     )
 
@@ -82,21 +82,11 @@ def train_config(params: dict[str, Any], settings: TrialSettings, seed: int) -> 
 def loaders(
     params: dict[str, Any], settings: TrialSettings, seed: int, parts: tuple[str, ...]
 ) -> list[BatchLoader]:
-    """Return one batch loader per split part; training shuffles, the others don't."""
-    data = settings.data
-    return [
-        BatchLoader(
-            data.features,
-            data.parts[part],
-            int(params.get("batch_size", 64)),
-            stride=int(params.get("stride", 1)),
-            shuffle=part == "train",
-            bucket=part == "train",  # shuffled, then sorted by length in chunks: less padding
-            seed=seed,
-            device=settings.device,
-        )
-        for part in parts
-    ]
+    """Return one batch loader per split part, in the order asked; training shuffles and buckets."""
+    made = create_loaders(settings.data, parts, batch_size=int(params.get("batch_size", 64)),
+                          stride=int(params.get("stride", 1)), seed=seed,
+                          device=settings.device, bucket=True)
+    return [made[part] for part in parts]
 
 
 def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Event) -> float:
@@ -161,7 +151,7 @@ def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Even
             if stop.is_set():
                 raise TrialInterrupted(f"interrupted after epoch {result.epoch}")
             # A trial that has trained its whole budget is complete: pruning it saves nothing.
-            if settings.prune and result.epoch < settings.epochs and trial.should_prune():
+            if result.epoch < settings.epochs and trial.should_prune():
                 reason = explain_prune(trial, result.epoch, best_so_far)
                 trial.set_user_attr("prune_reason", reason)
                 run.finish("pruned", {"pruned_epoch": result.epoch, "best_val_top1": best_so_far,
@@ -188,8 +178,8 @@ def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Even
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("epochs_run", result.epochs_run)
         trial.set_user_attr("stopped_early", result.stopped_early)
-        model.load_state_dict(result.best_state)
-        if settings.best.offer(trial.study, trial.number, result.best_val_top1, model, spec):
+        # train() has left the best epoch's weights in the model.
+        if settings.checkpoint.offer(trial.study, trial.number, result.best_val_top1, model, spec):
             _attach_artifacts(trial, model, val_loader, settings)
         finish_as("complete", {"best_val_top1": result.best_val_top1,
                                "best_epoch": result.best_epoch})
@@ -239,7 +229,8 @@ def _attach_artifacts(
     confusion = evaluate(model, val_loader, device=settings.device).confusion
     png = settings.artifact_dir.parent / f"trial-{trial.number}-val-confusion.png"
     render_confusion_png(confusion, settings.data.class_names, png)
-    attach_best_artifacts(trial.study, trial, [png, settings.best.path], settings.artifact_dir)
+    attach_best_artifacts(trial.study, trial, [png, settings.checkpoint.path],
+                          settings.artifact_dir)
 
 
 def _epoch_metrics(r: EpochResult) -> dict[str, float]:

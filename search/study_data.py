@@ -5,10 +5,8 @@ from __future__ import annotations
 import glob
 from dataclasses import dataclass
 
-import numpy as np
-
-from datasets.cache import FeatureSet, load_features
-from datasets.splits import SplitSpec, split_parts
+from datasets.loading import SplitData, open_split
+from datasets.splits import SplitSpec
 from datasets.ucf101 import CLASS_NAMES, NUM_CLASSES
 from search.definition import DataSpec
 from search.demo_data import ensure_demo_data
@@ -17,10 +15,9 @@ DEFAULT_PATTERN = DataSpec().pattern
 
 
 @dataclass(frozen=True)
-class StudyData:
-    features: FeatureSet
-    parts: dict[str, np.ndarray]  # 'train' / 'val' / 'test' -> clip indices
-    pattern: str
+class StudyData(SplitData):
+    """The study's SplitData, and whether it is the embedded demo set."""
+
     demo: bool
 
     @property
@@ -44,7 +41,6 @@ def resolve_pattern(spec: DataSpec, override: str | None) -> tuple[str, bool]:
 
 def load_study_data(spec: DataSpec, pattern: str, demo: bool) -> StudyData:
     """Return the decoded (cached) features and split parts; DataError on any bad record."""
-    features = load_features(pattern, cache_dir=spec.cache_dir)
-    split = SplitSpec(split=spec.split, val_groups=spec.val_groups, lists_dir=spec.lists_dir)
-    parts = split_parts(features.filenames, split)
-    return StudyData(features=features, parts=parts, pattern=pattern, demo=demo)
+    split = open_split(pattern, cache_dir=spec.cache_dir, split=SplitSpec(
+        split=spec.split, val_groups=spec.val_groups, lists_dir=spec.lists_dir))
+    return StudyData(features=split.features, parts=split.parts, pattern=pattern, demo=demo)

@@ -87,9 +87,8 @@ def run_study_threads(
         study.enqueue_trial(p)
     settings = TrialSettings(
         definition=definition, data=study_data, device=device, seed=SEED, epochs=epochs,
-        prune=False, tracking=TrackingConfig(mode="disabled", project="t", group="tiny",
-                                             dir=str(root)),
-        best=BestCheckpoint(root / "best.pt"), artifact_dir=root / "artifacts",
+        tracking=TrackingConfig(mode="disabled", project="t", group="tiny", dir=str(root)),
+        checkpoint=BestCheckpoint(root / "best.pt"), artifact_dir=root / "artifacts",
         trial_streams=trial_streams)
     losses: dict[int, list[tuple[float, float, float]]] = {}
     # The train() this run records: a test's own stand-in, never an earlier run's recorder.

@@ -7,7 +7,7 @@ import pytest
 from datasets import cache
 from datasets.errors import DataError, UserError
 from datasets.synthetic import write_synthetic
-from models import train as train_cli
+from models import train_cli
 from models.checkpoint import CheckpointError
 from search.errors import StudyError
 

@@ -1,4 +1,5 @@
-"""`python -m models.train` and `python -m models.evaluate` end to end on tiny synthetic data."""
+"""`python -m models.train_cli` and `python -m models.evaluate` end to end on tiny synthetic
+data."""
 
 import re
 import subprocess
@@ -9,7 +10,7 @@ import pytest
 
 from datasets.synthetic import write_synthetic
 from models import evaluate as evaluate_cli
-from models import train as train_cli
+from models import train_cli
 from models.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def test_missing_data_is_one_error_line_that_says_how_to_get_demo_data(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert len(err) == 1
-    assert err[0].startswith("error: no files match")
+    assert err[0].startswith("error: no TFRecord files match")
     assert "python -m datasets.synthetic --out data/ucf101" in err[0]
     assert not (tmp_path / "m").exists()
 
@@ -79,7 +80,7 @@ def test_evaluate_of_a_missing_checkpoint_is_one_error_line(tmp_path, capsys):
 
 
 def test_every_flag_has_help_showing_its_default():
-    result = subprocess.run([sys.executable, "-m", "models.train", "--help"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "models.train_cli", "--help"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     # one block per option: argparse starts each at a line indented by two spaces

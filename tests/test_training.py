@@ -348,7 +348,7 @@ def test_cuda_bf16_training_learns_and_stops_on_nan_without_bad_updates():
 
 
 def test_exploding_gradient_norm_ends_the_run_with_its_reason():
-    config = TrainConfig(lr=1e2, clip_norm=1.0, epochs=3, explode_norm=50.0)
+    config = TrainConfig(lr=1e2, clip_norm=1.0, epochs=3, explode_grad_norm=50.0)
     with pytest.raises(TrainingDiverged, match="gradient norm exploded") as info:
         train(make_model(layers=1), tiny_set(), tiny_set(shuffle=False), config)
     assert info.value.epoch == 1

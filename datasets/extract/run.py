@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from datasets import records, ucf101
+from datasets.device import resolve_device
 from datasets.errors import DataError
 from datasets.extract.encoder import ClipBatcher, FrameEncoder, load_encoder
 from datasets.extract.resume import (
@@ -79,18 +80,6 @@ class ExtractResult:
     skipped: list[Skipped] = field(default_factory=list)  # over all shards, this run's and earlier
 
 
-def _resolve_device(requested: str | None) -> torch.device:
-    if requested is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise DataError(f"--device {requested!r} is not a torch device; use cuda or cpu") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DataError("--device cuda but torch finds no CUDA GPU here; use --device cpu")
-    return device
-
-
 def _default_workers() -> int:
     return max(1, min(16, len(os.sched_getaffinity(0)) - 1))
 
@@ -117,7 +106,7 @@ def extract(cfg: ExtractConfig, progress: bool = False) -> ExtractResult:
     """Extract features of every video under cfg.videos into shards in cfg.out; resumable."""
     started = time.perf_counter()
     _check_config(cfg)
-    device = _resolve_device(cfg.device)
+    device = torch.device(resolve_device(cfg.device))
     class_index = None
     if cfg.splits is not None:
         class_index = ucf101.read_class_index(cfg.splits / "classInd.txt")

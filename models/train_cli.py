@@ -1,6 +1,9 @@
 """Command line: one training run from flags, then val/test scores and a checkpoint.
 
-    python -m models.train --cell gru --layers 2 --hidden 256 --epochs 10 --out runs/gru.pt
+The training loop itself is models.training.train; this module only turns flags into its
+arguments and prints what it returns.
+
+    python -m models.train_cli --cell gru --layers 2 --hidden 256 --epochs 10 --out runs/gru.pt
     python -m models.evaluate runs/gru.pt --part test
 """
 
@@ -8,89 +11,33 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from datasets.batches import BatchLoader
-from datasets.cache import FeatureSet, load_features
-from datasets.errors import DataError, UserError
-from datasets.splits import SplitSpec, split_parts
+from datasets.device import resolve_device
+from datasets.errors import UserError
+from datasets.loading import DEFAULT_PATTERN, DEMO_COMMAND, create_loaders, open_split
+from datasets.splits import SplitSpec
 from datasets.ucf101 import NUM_CLASSES
 from models.checkpoint import save_checkpoint
 from models.evaluate import Evaluation, evaluate
 from models.rnn import ModelSpec, build_model
 from models.training import EpochResult, StepResult, TrainConfig, TrainingDiverged, train
 
-DEFAULT_DATA = "data/ucf101/*"
-DEMO_COMMAND = "python -m datasets.synthetic --out data/ucf101"
-
-
-def resolve_device(name: str) -> str:
-    """Return 'cuda' for 'auto' when a GPU is available, else 'cpu'; other names unchanged."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def open_parts(
-    *,
-    pattern: str,
-    cache_dir: str,
-    split: int,
-    val_groups: int,
-    split_seed: int,
-    stride: int,
-    batch_size: int,
-    device: str,
-    parts: Sequence[str] = ("train", "val", "test"),
-    seed: int = 0,
-    bucket: bool = False,
-    input_dim: int | None = None,
-) -> tuple[FeatureSet, dict[str, BatchLoader]]:
-    """Return the decoded features and a loader per part; DataError on any data problem."""
-    if not glob.glob(os.path.expanduser(pattern), recursive=True):
-        raise DataError(
-            f"no files match {pattern!r}; point --data at your TFRecord shards, or write demo "
-            f"data with `{DEMO_COMMAND}`"
-        )
-    data = load_features(pattern, cache_dir=cache_dir)
-    if input_dim is not None and data.feature_dim != input_dim:
-        raise DataError(
-            f"{pattern!r} has {data.feature_dim}-d features but the model takes {input_dim}-d; "
-            "pass the data it was trained on with --data"
-        )
-    indices = split_parts(data.filenames, SplitSpec(split=split, val_groups=val_groups,
-                                                    seed=split_seed))
-    loaders = {}
-    for part in parts:
-        clips = indices[part]
-        if part == "train":
-            loaders[part] = BatchLoader(data, clips, batch_size, stride=stride, shuffle=True,
-                                        seed=seed, device=device, bucket=bucket)
-        else:
-            # Scoring ignores order: sorted by length, batches hold alike lengths and trim well.
-            by_length = clips[np.argsort(data.lengths[clips], kind="stable")]
-            loaders[part] = BatchLoader(data, by_length, batch_size, stride=stride,
-                                        device=device)
-    return data, loaders
-
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Return the parsed flags; every flag's help shows its default."""
     p = argparse.ArgumentParser(
-        prog="python -m models.train",
+        prog="python -m models.train_cli",
         description="Train one LSTM/GRU (or bag-of-frames) classifier on UCF-101 frame "
         "features, print validation and test top-1/top-5, and save a checkpoint.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--data", default=DEFAULT_DATA,
+    p.add_argument("--data", default=DEFAULT_PATTERN,
                    help=f"TFRecord glob (quote it); demo data: {DEMO_COMMAND}")
     p.add_argument("--cache-dir", default="data/cache", help="decoded-feature cache folder")
     p.add_argument("--model", choices=("rnn", "bag"), default="rnn",
@@ -134,17 +81,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one training from the command line; return the exit status."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    device = resolve_device(args.device)
     try:
-        data, loaders = open_parts(
-            pattern=args.data, cache_dir=args.cache_dir, split=args.split,
-            val_groups=args.val_groups, split_seed=0, stride=args.stride,
-            batch_size=args.batch_size, device=device, seed=args.seed, bucket=args.bucket,
-        )
+        device = resolve_device(args.device)
+        split = open_split(args.data, cache_dir=args.cache_dir,
+                           split=SplitSpec(split=args.split, val_groups=args.val_groups))
+        loaders = create_loaders(split, ("train", "val", "test"), batch_size=args.batch_size,
+                                 stride=args.stride, seed=args.seed, device=device,
+                                 bucket=args.bucket)
+        data = split.features
         try:  # these classes check their arguments; here every argument is a flag's value
             spec = ModelSpec(
                 kind=args.model, input_dim=data.feature_dim,
-                num_classes=max(NUM_CLASSES, int(data.labels.max())), cell=args.cell,
+                num_classes=NUM_CLASSES, cell=args.cell,
                 hidden=args.hidden, layers=args.layers, dropout=args.dropout,
                 frame_level=args.frame_level,
             )
