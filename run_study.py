@@ -1,7 +1,7 @@
 """Run (or resume) the UCF-101 RNN hyperparameter study; `report` writes its HTML report.
 
-    python run_study.py --trials 50            # demo data when none is given
-    python run_study.py report --study-name ucf101_rnn
+python run_study.py --trials 50            # demo data when none is given
+python run_study.py report --study-name ucf101_rnn
 """
 
 from __future__ import annotations
@@ -51,53 +51,108 @@ def build_parser() -> argparse.ArgumentParser:
         "Subcommand: `run_study.py report [...]` writes the study's HTML report.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--trials", type=_non_negative_int, default=50,
-                   help="trials the study holds in total, counted across every worker that "
-                        "shares the storage (not per process)")
-    p.add_argument("--timeout", type=_positive_float, default=None,
-                   help="stop starting new trials after this many seconds")
-    p.add_argument("--study", default=DEFAULT_STUDY,
-                   help="study definition file: search space, epochs, pruner, sampler, data "
-                        "(the default is taken next to run_study.py when the working "
-                        "directory has no studies/ucf101_rnn.yaml)")
-    p.add_argument("--study-name", default=None,
-                   help="name of the study in the storage (default: the definition's name)")
-    p.add_argument("--storage", default=None,
-                   help="Optuna storage URL: sqlite:///FILE, postgresql://USER@HOST/DB for many "
-                        "workers, or journal:///FILE.log (default: sqlite:///studies/NAME.db)")
-    p.add_argument("--data", default=None,
-                   help="glob of TFRecord shards (default: the definition's data.pattern; the "
-                        "embedded demo set when that matches nothing)")
-    p.add_argument("--jobs", type=_positive_int, default=1,
-                   help="trials run at once in this process (they share one copy of the data); "
-                        "above 1 trades reproducibility for speed: which params are drawn "
-                        "depends on timing, though each trial's recorded params and seed "
-                        "rerun it alone with --jobs 1")
-    p.add_argument("--device", default="auto",
-                   help="cpu, cuda or cuda:N; auto takes the GPU when there is one")
-    p.add_argument("--seed", type=int, default=None,
-                   help="study seed for the sampler and every trial's seed "
-                        "(default: the definition's sampler.seed)")
-    p.add_argument("--epochs", type=_positive_int, default=None,
-                   help="epoch budget per trial (default: the definition's train.epochs)")
-    p.add_argument("--wandb-mode", choices=("online", "offline", "disabled"), default=None,
-                   help="W&B mode (default: online with an API key, else offline)")
-    p.add_argument("--wandb-project", default=None,
-                   help="W&B project (default: the definition's tracking.project)")
-    p.add_argument("--wandb-report", action="store_true",
-                   help="build a W&B Report for the study at the end (online mode only)")
-    p.add_argument("--no-prune", action="store_true",
-                   help="run every trial to its full epoch budget")
-    p.add_argument("--out-dir", default=None,
-                   help="where checkpoints, final scores and the report go "
-                        "(default: studies/runs/NAME; see --study for where studies/ is)")
-    p.add_argument("--heartbeat", type=_positive_int, default=None,
-                   help="seconds between a trial's heartbeats on a database storage (default "
-                        "10); a trial silent for 3x this is failed and retried with the same "
-                        "params; journal storages have none")
-    p.add_argument("--max-failures", type=_non_negative_int, default=5,
-                   help="stop with exit 1 after this many trials in a row fail in this "
-                        "process (a bug, not bad luck); 0 never stops")
+    p.add_argument(
+        "--trials",
+        type=_non_negative_int,
+        default=50,
+        help="trials the study holds in total, counted across every worker that "
+        "shares the storage (not per process)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=None,
+        help="stop starting new trials after this many seconds",
+    )
+    p.add_argument(
+        "--study",
+        default=DEFAULT_STUDY,
+        help="study definition file: search space, epochs, pruner, sampler, data "
+        "(the default is taken next to run_study.py when the working "
+        "directory has no studies/ucf101_rnn.yaml)",
+    )
+    p.add_argument(
+        "--study-name",
+        default=None,
+        help="name of the study in the storage (default: the definition's name)",
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage URL: sqlite:///FILE, postgresql://USER@HOST/DB for many "
+        "workers, or journal:///FILE.log (default: sqlite:///studies/NAME.db)",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="glob of TFRecord shards (default: the definition's data.pattern; the "
+        "embedded demo set when that matches nothing)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        help="trials run at once in this process (they share one copy of the data); "
+        "above 1 trades reproducibility for speed: which params are drawn "
+        "depends on timing, though each trial's recorded params and seed "
+        "rerun it alone with --jobs 1",
+    )
+    p.add_argument(
+        "--device", default="auto", help="cpu, cuda or cuda:N; auto takes the GPU when there is one"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="study seed for the sampler and every trial's seed "
+        "(default: the definition's sampler.seed)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        help="epoch budget per trial (default: the definition's train.epochs)",
+    )
+    p.add_argument(
+        "--wandb-mode",
+        choices=("online", "offline", "disabled"),
+        default=None,
+        help="W&B mode (default: online with an API key, else offline)",
+    )
+    p.add_argument(
+        "--wandb-project",
+        default=None,
+        help="W&B project (default: the definition's tracking.project)",
+    )
+    p.add_argument(
+        "--wandb-report",
+        action="store_true",
+        help="build a W&B Report for the study at the end (online mode only)",
+    )
+    p.add_argument(
+        "--no-prune", action="store_true", help="run every trial to its full epoch budget"
+    )
+    p.add_argument(
+        "--out-dir",
+        default=None,
+        help="where checkpoints, final scores and the report go "
+        "(default: studies/runs/NAME; see --study for where studies/ is)",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=_positive_int,
+        default=None,
+        help="seconds between a trial's heartbeats on a database storage (default "
+        "10); a trial silent for 3x this is failed and retried with the same "
+        "params; journal storages have none",
+    )
+    p.add_argument(
+        "--max-failures",
+        type=_non_negative_int,
+        default=5,
+        help="stop with exit 1 after this many trials in a row fail in this "
+        "process (a bug, not bad luck); 0 never stops",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     return p
 
@@ -111,8 +166,9 @@ def build_report_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--study", default=DEFAULT_STUDY, help="study definition file (for the name)")
     p.add_argument("--study-name", default=None, help="study name (default: the definition's)")
-    p.add_argument("--storage", default=None, help="Optuna storage URL "
-                   "(default: sqlite:///studies/NAME.db)")
+    p.add_argument(
+        "--storage", default=None, help="Optuna storage URL (default: sqlite:///studies/NAME.db)"
+    )
     p.add_argument("--out", default=None, help="HTML file (default: studies/runs/NAME/report.html)")
     return p
 
@@ -121,14 +177,19 @@ def _add_study_flags(p: argparse.ArgumentParser) -> None:
     """Add the flags that find a finished study and its data (audit, evaluate)."""
     p.add_argument("--study", default=DEFAULT_STUDY, help="study definition file")
     p.add_argument("--study-name", default=None, help="study name (default: the definition's)")
-    p.add_argument("--storage", default=None, help="Optuna storage URL "
-                   "(default: sqlite:///studies/NAME.db)")
-    p.add_argument("--data", default=None,
-                   help="glob of TFRecord shards the study ran on (default: the definition's "
-                        "data.pattern; the embedded demo set when that matches nothing)")
+    p.add_argument(
+        "--storage", default=None, help="Optuna storage URL (default: sqlite:///studies/NAME.db)"
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="glob of TFRecord shards the study ran on (default: the definition's "
+        "data.pattern; the embedded demo set when that matches nothing)",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N; auto takes the GPU")
-    p.add_argument("--out-dir", default=None,
-                   help="where the results go (default: studies/runs/NAME)")
+    p.add_argument(
+        "--out-dir", default=None, help="where the results go (default: studies/runs/NAME)"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
 
 
@@ -141,12 +202,20 @@ def build_audit_parser() -> argparse.ArgumentParser:
         "the median / the best of the completed trials. The re-runs are not added to the study.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--sample", type=_positive_int, default=10,
-                   help="pruned trials to re-run (all of them when there are fewer)")
+    p.add_argument(
+        "--sample",
+        type=_positive_int,
+        default=10,
+        help="pruned trials to re-run (all of them when there are fewer)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the sample")
-    p.add_argument("--epochs", type=_positive_int, default=None,
-                   help="epoch budget of a re-run: the study's own (default: the definition's "
-                        "train.max_epochs; give the --epochs the study ran with, if any)")
+    p.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        help="epoch budget of a re-run: the study's own (default: the definition's "
+        "train.max_epochs; give the --epochs the study ran with, if any)",
+    )
     _add_study_flags(p)
     return p
 
@@ -160,10 +229,20 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
         "test groups; prints top-1 per split (95% bootstrap interval) and mean +- std.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--splits", type=int, nargs="+", choices=(1, 2, 3), default=[1, 2, 3],
-                   help="official splits to score")
-    p.add_argument("--draws", type=_positive_int, default=1000,
-                   help="bootstrap resamples of the test clips per split")
+    p.add_argument(
+        "--splits",
+        type=int,
+        nargs="+",
+        choices=(1, 2, 3),
+        default=[1, 2, 3],
+        help="official splits to score",
+    )
+    p.add_argument(
+        "--draws",
+        type=_positive_int,
+        default=1000,
+        help="bootstrap resamples of the test clips per split",
+    )
     _add_study_flags(p)
     return p
 
@@ -223,9 +302,15 @@ def _data_at(definition, root: Path):
         return path if path is None or Path(path).is_absolute() else str(root / path)
 
     data = definition.data
-    return dataclasses.replace(definition, data=dataclasses.replace(
-        data, pattern=at_root(data.pattern), cache_dir=at_root(data.cache_dir),
-        lists_dir=at_root(data.lists_dir)))
+    return dataclasses.replace(
+        definition,
+        data=dataclasses.replace(
+            data,
+            pattern=at_root(data.pattern),
+            cache_dir=at_root(data.cache_dir),
+            lists_dir=at_root(data.lists_dir),
+        ),
+    )
 
 
 def _resolve_pattern(spec, override: str | None) -> tuple[str, bool]:
@@ -297,15 +382,22 @@ def _finished_study(args: argparse.Namespace):
     data = load_study_data(definition.data, pattern, demo)
     known = study.user_attrs.get("data_fingerprint")
     if known and known != data.features.fingerprint:
-        raise StudyError(f"the data {pattern} is not the data study {name!r} ran on "
-                         "(fingerprints differ); pass the study's --data")
+        raise StudyError(
+            f"the data {pattern} is not the data study {name!r} ran on "
+            "(fingerprints differ); pass the study's --data"
+        )
     settings = TrialSettings(
-        definition=definition, data=data, device=device,
+        definition=definition,
+        data=data,
+        device=device,
         seed=int(study.user_attrs.get("seed", definition.sampler.seed)),
         epochs=getattr(args, "epochs", None) or definition.train.max_epochs,
-        tracking=TrackingConfig(mode="disabled", project=definition.tracking.project,
-                                group=name, dir=str(out_dir)),
-        checkpoint=BestCheckpoint(out_dir / "best.pt"), artifact_dir=out_dir / "artifacts")
+        tracking=TrackingConfig(
+            mode="disabled", project=definition.tracking.project, group=name, dir=str(out_dir)
+        ),
+        checkpoint=BestCheckpoint(out_dir / "best.pt"),
+        artifact_dir=out_dir / "artifacts",
+    )
     return study, settings, out_dir
 
 
@@ -336,11 +428,18 @@ def _audit_or_evaluate(command: str, argv: list[str]) -> int:
     try:
         best = study.best_trial
     except ValueError:
-        raise StudyError(f"study {study.study_name!r} has no completed trial to evaluate; "
-                         "run the search first") from None
+        raise StudyError(
+            f"study {study.study_name!r} has no completed trial to evaluate; run the search first"
+        ) from None
     seed = int(best.user_attrs.get("manifest", {}).get("seed", 0))
-    record = evaluate_splits(best_params(study, settings), settings, seed,
-                             best_epochs(best, settings), args.splits, draws=args.draws)
+    record = evaluate_splits(
+        best_params(study, settings),
+        settings,
+        seed,
+        best_epochs(best, settings),
+        args.splits,
+        draws=args.draws,
+    )
     record["trial_number"] = best.number
     study.set_user_attr("protocol", record)
     path = out_dir / "final.json"
@@ -349,12 +448,18 @@ def _audit_or_evaluate(command: str, argv: list[str]) -> int:
     lines = [f"trial #{best.number} refit for {record['epochs']} epochs on each split:"]
     for s in record["splits"]:
         low, high = s["interval95"]
-        lines.append(f"  split {s['split']}: test top-1 {s['top1']:.4f} "
-                     f"(95% bootstrap {low:.4f}-{high:.4f}, {s['test_clips']} clips)")
-    lines.append(f"  mean over {len(record['splits'])} splits: {record['mean_top1']:.4f} "
-                 f"+- {record['std_top1']:.4f} (std)")
-    lines.append(f"written to {path} (key protocol) and the study's user attr 'protocol' "
-                 f"in {time.perf_counter() - started:.0f} s")
+        lines.append(
+            f"  split {s['split']}: test top-1 {s['top1']:.4f} "
+            f"(95% bootstrap {low:.4f}-{high:.4f}, {s['test_clips']} clips)"
+        )
+    lines.append(
+        f"  mean over {len(record['splits'])} splits: {record['mean_top1']:.4f} "
+        f"+- {record['std_top1']:.4f} (std)"
+    )
+    lines.append(
+        f"written to {path} (key protocol) and the study's user attr 'protocol' "
+        f"in {time.perf_counter() - started:.0f} s"
+    )
     print("\n".join(lines))
     _update_study_run(study, settings)
     return 0
@@ -375,30 +480,36 @@ def _update_study_run(study, settings) -> None:
     cfg = dataclasses.replace(settings.tracking, mode=tracking.resolve_mode(None))
     final = study.user_attrs.get("final") or {}
     confusion = final.get("test", {}).get("confusion")
-    path = tracking.log_study_run(cfg, study, None if confusion is None else np.asarray(confusion),
-                                  settings.data.class_names)
+    path = tracking.log_study_run(
+        cfg, study, None if confusion is None else np.asarray(confusion), settings.data.class_names
+    )
     if path:
         print(f"W&B study run updated: {path}")
 
 
 def _audit_text(record: dict, path: Path) -> str:
     """Return the audit's table and verdict as printed lines."""
-    lines = [f"audit of {record['audited']} of {record['pruned']} pruned trials against "
-             f"{record['complete']} completed (median {record['median']:.4f}, "
-             f"best {record['best']:.4f}):",
-             "  trial  pruned@  value then  final value  epochs  >median  >best"]
+    lines = [
+        f"audit of {record['audited']} of {record['pruned']} pruned trials against "
+        f"{record['complete']} completed (median {record['median']:.4f}, "
+        f"best {record['best']:.4f}):",
+        "  trial  pruned@  value then  final value  epochs  >median  >best",
+    ]
     for r in record["reruns"]:
         then, final = r["value_when_pruned"], r["final_value"]
         lines.append(
             f"  {r['trial_number']:>5}  {r['pruned_epoch'] if r['pruned_epoch'] else '?':>7}  "
             f"{'?' if then is None else f'{then:.4f}':>10}  "
             f"{'diverged' if final is None else f'{final:.4f}':>11}  {r['epochs']:>6}  "
-            f"{'yes' if r['beat_median'] else 'no':>7}  {'yes' if r['beat_best'] else 'no':>5}")
+            f"{'yes' if r['beat_median'] else 'no':>7}  {'yes' if r['beat_best'] else 'no':>5}"
+        )
     if record["audited"]:
         low, high = record["interval95"]
-        lines.append(f"false-prune rate {record['false_prune_rate']:.3f} "
-                     f"({record['beat_median']}/{record['audited']} beat the median; 95% Wilson "
-                     f"interval {low:.3f}-{high:.3f}); {record['beat_best']} beat the best")
+        lines.append(
+            f"false-prune rate {record['false_prune_rate']:.3f} "
+            f"({record['beat_median']}/{record['audited']} beat the median; 95% Wilson "
+            f"interval {low:.3f}-{high:.3f}); {record['beat_best']} beat the best"
+        )
     else:
         lines.append("no pruned trial to audit")
     lines.append(f"{record['wall_s']:.0f} s; written to {path} and the study's user attr 'audit'")
@@ -441,33 +552,58 @@ def _search(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     # Everything that can be wrong with the input is found before the storage is touched.
     pattern, demo = _resolve_pattern(definition.data, args.data)
     if demo:
-        print(f"no data given and none in {definition.data.pattern}: using the embedded "
-              f"synthetic demo set {pattern}")
+        print(
+            f"no data given and none in {definition.data.pattern}: using the embedded "
+            f"synthetic demo set {pattern}"
+        )
     data = load_study_data(definition.data, pattern, demo)
     storage = open_storage(url, heartbeat_interval=args.heartbeat)
-    study = open_study(name, storage, definition, seed=seed, prune=not args.no_prune,
-                       feature_dim=data.features.feature_dim,
-                       fingerprint=data.features.fingerprint)
+    study = open_study(
+        name,
+        storage,
+        definition,
+        seed=seed,
+        prune=not args.no_prune,
+        feature_dim=data.features.feature_dim,
+        fingerprint=data.features.fingerprint,
+    )
     mode = tracking.resolve_mode(args.wandb_mode)
-    track = tracking.TrackingConfig(mode=mode, project=args.wandb_project
-                                    or definition.tracking.project, group=name, dir=str(out_dir),
-                                    entity=definition.tracking.entity)
-    settings = TrialSettings(definition=definition, data=data, device=device, seed=seed,
-                             epochs=args.epochs or definition.train.max_epochs,
-                             tracking=track, checkpoint=BestCheckpoint(out_dir / "best.pt"),
-                             artifact_dir=out_dir / "artifacts")
+    track = tracking.TrackingConfig(
+        mode=mode,
+        project=args.wandb_project or definition.tracking.project,
+        group=name,
+        dir=str(out_dir),
+        entity=definition.tracking.entity,
+    )
+    settings = TrialSettings(
+        definition=definition,
+        data=data,
+        device=device,
+        seed=seed,
+        epochs=args.epochs or definition.train.max_epochs,
+        tracking=track,
+        checkpoint=BestCheckpoint(out_dir / "best.pt"),
+        artifact_dir=out_dir / "artifacts",
+    )
     if device == "cpu" and args.jobs > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
     # On a GPU the train and validation clips are copied to the device once, here, and every
     # trial's loaders share this copy; it is held until the final scoring is done.
     held.enter_context(resident_clips(data, ("train", "val"), device))
-    print(f"study {name!r} in {redact_url(url)}: {len(data.parts['train'])} train / "
-          f"{len(data.parts['val'])} val / {len(data.parts['test'])} test clips, "
-          f"{data.features.feature_dim}-d, device {device}, W&B {mode}")
+    print(
+        f"study {name!r} in {redact_url(url)}: {len(data.parts['train'])} train / "
+        f"{len(data.parts['val'])} val / {len(data.parts['test'])} test clips, "
+        f"{data.features.feature_dim}-d, device {device}, W&B {mode}"
+    )
 
     done = counted_trials(study.get_trials(deepcopy=False))
-    bar = tqdm(total=max(args.trials, done), initial=min(done, args.trials), desc="trials",
-               unit="trial", dynamic_ncols=True)
+    bar = tqdm(
+        total=max(args.trials, done),
+        initial=min(done, args.trials),
+        desc="trials",
+        unit="trial",
+        dynamic_ncols=True,
+    )
     lock = threading.Lock()
 
     def on_trial_end(trial: optuna.trial.FrozenTrial) -> None:
@@ -477,27 +613,46 @@ def _search(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
             with contextlib.suppress(ValueError):  # no complete trial yet
                 bar.set_postfix(best=f"{study.best_value:.4f}")
 
-    outcome = run_trials(study, lambda trial, stop: objective(trial, settings, stop),
-                         storage_url=url, total=args.trials, jobs=args.jobs,
-                         timeout=args.timeout, on_trial_end=on_trial_end,
-                         sampler_for=lambda n: make_sampler(definition.sampler,
-                                                            trial_seed(seed, n)),
-                         max_failures=args.max_failures)
+    outcome = run_trials(
+        study,
+        lambda trial, stop: objective(trial, settings, stop),
+        storage_url=url,
+        total=args.trials,
+        jobs=args.jobs,
+        timeout=args.timeout,
+        on_trial_end=on_trial_end,
+        sampler_for=lambda n: make_sampler(definition.sampler, trial_seed(seed, n)),
+        max_failures=args.max_failures,
+    )
     bar.close()
     if outcome.reason == "failures":
-        print(f"error: stopped after {args.max_failures} failed trials in a row; last: "
-              f"{outcome.last_failure}", file=sys.stderr)
+        print(
+            f"error: stopped after {args.max_failures} failed trials in a row; last: "
+            f"{outcome.last_failure}",
+            file=sys.stderr,
+        )
         return 1
     try:
         where, scored_here = _finish(study, settings, out_dir, outcome.reason, args, url)
     except KeyboardInterrupt:
-        print("interrupted while scoring the best trial on the test groups; run the same "
-              "command again to score it", file=sys.stderr)
+        print(
+            "interrupted while scoring the best trial on the test groups; run the same "
+            "command again to score it",
+            file=sys.stderr,
+        )
         return 130
-    print(console.summary(
-        study, wall_s=time.perf_counter() - started, outcome=outcome.reason, storage_url=url,
-        where=where, dashboard_cmd=_dashboard_command(url, out_dir),
-        sync_cmd=tracking.sync_command(track), final_is_new=scored_here))
+    print(
+        console.summary(
+            study,
+            wall_s=time.perf_counter() - started,
+            outcome=outcome.reason,
+            storage_url=url,
+            where=where,
+            dashboard_cmd=_dashboard_command(url, out_dir),
+            sync_cmd=tracking.sync_command(track),
+            final_is_new=scored_here,
+        )
+    )
     return 130 if outcome.reason == "interrupted" else 0
 
 
@@ -540,8 +695,9 @@ def _finish(
         from search import tracking
 
         try:
-            where["W&B report"] = tracking.build_report(settings.tracking, study.study_name,
-                                                        settings.definition.searched())
+            where["W&B report"] = tracking.build_report(
+                settings.tracking, study.study_name, settings.definition.searched()
+            )
         except tracking.TrackingError as exc:  # offline: says how to build it after syncing
             where["W&B report"] = str(exc)
     where["report"] = str(write_report(study, out_dir / "report.html"))
@@ -574,13 +730,15 @@ def _wrap_up(study, settings, out_dir: Path) -> tuple[dict[str, str], bool]:
         score_baseline(study, settings)
         confusion = np.asarray(final["test"]["confusion"])
         if scored_here:  # the test-split confusion matrix goes to the study (trials are done)
-            png = render_confusion_png(confusion, final["class_names"],
-                                       out_dir / "test-confusion.png")
+            png = render_confusion_png(
+                confusion, final["class_names"], out_dir / "test-confusion.png"
+            )
             attach_best_artifacts(study, final["trial_number"], [png], settings.artifact_dir)
         where["best checkpoint"] = str(settings.checkpoint.path)
         where["final scores"] = str(out_dir / "final.json")
-    run_path = tracking.log_study_run(settings.tracking, study, confusion,
-                                      settings.data.class_names)
+    run_path = tracking.log_study_run(
+        settings.tracking, study, confusion, settings.data.class_names
+    )
     if run_path:
         where["W&B study run"] = run_path
     return where, scored_here
@@ -606,8 +764,11 @@ def _dashboard_command(url: str, out_dir: Path) -> str:
         parsed = parsed.difference_update_query(["password"])
         # URL is a named tuple; its .set() keeps the password when given None.
         shown = parsed._replace(password=None).render_as_string(hide_password=False)
-        note = ("  (password left out: set PGPASSWORD first)" if shown.startswith("postgres")
-                else "  (password left out: put it back into the URL)")
+        note = (
+            "  (password left out: set PGPASSWORD first)"
+            if shown.startswith("postgres")
+            else "  (password left out: put it back into the URL)"
+        )
     return f"optuna-dashboard {shlex.quote(shown)} {artifacts}{note}"
 
 

@@ -68,13 +68,16 @@ class Soak:
 def prepare(root: Path, epochs: int) -> tuple[Path, str]:
     """Write tiny data, decode it once and write the study definition; return (yaml, glob)."""
     data = root / "data"
-    write_synthetic(data, clips_per_class=25, frames=12, dim=8, classes=3, seed=3,
-                    shard_size=40, workers=1)
+    write_synthetic(
+        data, clips_per_class=25, frames=12, dim=8, classes=3, seed=3, shard_size=40, workers=1
+    )
     pattern = str(data / "*.tfrecord*")
     load_features(pattern, cache_dir=root / "cache")  # before the workers race to decode it
     definition = {
-        "name": "chaos", "data": {"split": 1, "val_groups": 4, "cache_dir": str(root / "cache")},
-        "space": SPACE, "train": {"epochs": epochs},
+        "name": "chaos",
+        "data": {"split": 1, "val_groups": 4, "cache_dir": str(root / "cache")},
+        "space": SPACE,
+        "train": {"epochs": epochs},
         "pruner": {"kind": "median", "startup_trials": 2, "warmup_epochs": 1},
         "sampler": {"kind": "tpe", "startup_trials": 3, "seed": 7},
         "tracking": {"project": "chaos"},
@@ -87,16 +90,44 @@ def prepare(root: Path, epochs: int) -> tuple[Path, str]:
 def start(soak: Soak, args: argparse.Namespace, definition: Path, pattern: str) -> Worker:
     """Start one more worker process on the shared study."""
     log = soak.root / f"worker-{len(soak.workers)}.log"
-    cmd = [sys.executable, str(REPO / "run_study.py"), "--study", str(definition),
-           "--study-name", soak.name, "--storage", args.storage, "--data", pattern,
-           "--out-dir", str(soak.root / "runs"), "--device", "cpu", "--wandb-mode", "offline",
-           "--heartbeat", "1", "--trials", str(args.trials)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_DIR": str(soak.root / "runs"),
-           "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        str(REPO / "run_study.py"),
+        "--study",
+        str(definition),
+        "--study-name",
+        soak.name,
+        "--storage",
+        args.storage,
+        "--data",
+        pattern,
+        "--out-dir",
+        str(soak.root / "runs"),
+        "--device",
+        "cpu",
+        "--wandb-mode",
+        "offline",
+        "--heartbeat",
+        "1",
+        "--trials",
+        str(args.trials),
+    ]
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "WANDB_DIR": str(soak.root / "runs"),
+        "OMP_NUM_THREADS": "1",
+    }
     # SIG_DFL first: started from a background shell, a worker would inherit an ignored SIGINT.
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     worker = Worker(proc, log)
     soak.workers.append(worker)
     return worker
@@ -132,7 +163,8 @@ def wait_running(soak: Soak, args, timeout: float = 300.0) -> bool:
         if any(t.state == TrialState.RUNNING for t in trials):
             return True
         if sum("failed_trial" not in t.system_attrs for t in trials) >= args.trials and not any(
-                t.state == TrialState.WAITING for t in trials):
+            t.state == TrialState.WAITING for t in trials
+        ):
             return False
         if all(w.proc.poll() is not None for w in soak.workers):
             return False
@@ -161,24 +193,39 @@ def check(soak: Soak, args) -> tuple[list[tuple[str, bool, str]], int]:
     chains: dict[int, list] = {}
     for t in trials:
         chains.setdefault(t.system_attrs.get("failed_trial", t.number), []).append(t)
-    abandoned = [first for first, chain in chains.items()
-                 if len(chain) == MAX_RETRY + 1 and all(t.state == TrialState.FAIL for t in chain)]
+    abandoned = [
+        first
+        for first, chain in chains.items()
+        if len(chain) == MAX_RETRY + 1 and all(t.state == TrialState.FAIL for t in chain)
+    ]
     results = []
     logical = len(chains)  # counted here, not by the code under test
-    results.append(("logical trials == budget", logical == args.trials,
-                    f"{logical} logical ({len(trials)} rows) for a budget of {args.trials}"))
+    results.append(
+        (
+            "logical trials == budget",
+            logical == args.trials,
+            f"{logical} logical ({len(trials)} rows) for a budget of {args.trials}",
+        )
+    )
     retried = sum(1 for t in trials if "failed_trial" in t.system_attrs)
     failed = sum(1 for t in trials if t.state == TrialState.FAIL)
-    unreported = [first for first in abandoned
-                  if "abandoned" not in (chains[first][-1].user_attrs.get("fail_reason") or "")]
-    results.append(("abandoned chains reported", not unreported,
-                    f"{len(trials)} rows, {failed} FAIL, {retried} retries, {len(abandoned)} "
-                    f"abandoned after {MAX_RETRY + 1} attempts: {abandoned}; "
-                    f"not reported as abandoned: {unreported}"))
+    unreported = [
+        first
+        for first in abandoned
+        if "abandoned" not in (chains[first][-1].user_attrs.get("fail_reason") or "")
+    ]
+    results.append(
+        (
+            "abandoned chains reported",
+            not unreported,
+            f"{len(trials)} rows, {failed} FAIL, {retried} retries, {len(abandoned)} "
+            f"abandoned after {MAX_RETRY + 1} attempts: {abandoned}; "
+            f"not reported as abandoned: {unreported}",
+        )
+    )
     left = [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     results.append(("no trial left RUNNING or WAITING", not left, f"left: {left}"))
-    unfinished = {t.system_attrs.get("failed_trial", t.number) for t in trials
-                  if t.number in left}
+    unfinished = {t.system_attrs.get("failed_trial", t.number) for t in trials if t.number in left}
     lost = max(0, args.trials - logical) + len(unfinished)
     bad_retries = []
     for t in trials:
@@ -186,29 +233,45 @@ def check(soak: Soak, args) -> tuple[list[tuple[str, bool, str]], int]:
             before = by_number[t.system_attrs["retry_history"][-1]]
             if any(t.params.get(k) != v for k, v in before.params.items()):
                 bad_retries.append(t.number)
-    results.append(("retries carry the params they replace", not bad_retries,
-                    f"retries {bad_retries} differ"))
-    partial = [t.number for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-               and set(t.params) != SEARCHED]
+    results.append(
+        ("retries carry the params they replace", not bad_retries, f"retries {bad_retries} differ")
+    )
+    partial = [
+        t.number
+        for t in trials
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and set(t.params) != SEARCHED
+    ]
     results.append(("finished trials have every param", not partial, f"partial: {partial}"))
     codes = [(i, w.proc.returncode, w.signalled) for i, w in enumerate(soak.workers)]
-    wrong = [(i, c, s) for i, c, s in codes
-             if s != "SIGKILL" and c not in (0, 130)]
+    wrong = [(i, c, s) for i, c, s in codes if s != "SIGKILL" and c not in (0, 130)]
     hung = [i for i, w in enumerate(soak.workers) if w.hung]
-    results.append(("every worker exited 0 or 130, none hung", not wrong and not hung,
-                    f"codes {[c for _, c, _ in codes]}; wrong {wrong}; hung {hung}"))
-    runs = {r.config.get("trial_number"): r for r in offline_runs(soak.root / "runs")
-            if r.job_type == "trial" and r.exit_code is not None}
-    unclosed = [t.number for t in trials
-                if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.number not in runs]
+    results.append(
+        (
+            "every worker exited 0 or 130, none hung",
+            not wrong and not hung,
+            f"codes {[c for _, c, _ in codes]}; wrong {wrong}; hung {hung}",
+        )
+    )
+    runs = {
+        r.config.get("trial_number"): r
+        for r in offline_runs(soak.root / "runs")
+        if r.job_type == "trial" and r.exit_code is not None
+    }
+    unclosed = [
+        t.number
+        for t in trials
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.number not in runs
+    ]
     results.append(("finished trials' W&B runs closed", not unclosed, f"unclosed: {unclosed}"))
     best_ok, detail = True, "no complete trial"
     if any(t.state == TrialState.COMPLETE for t in trials):
         _, _, extra = load_checkpoint(soak.root / "runs" / "best.pt")
         best = study.best_trial
         best_ok = extra.get("trial_number") == best.number or extra.get("value") == best.value
-        detail = (f"best.pt trial {extra.get('trial_number')} value {extra.get('value')}; "
-                  f"study best trial {best.number} value {best.value}")
+        detail = (
+            f"best.pt trial {extra.get('trial_number')} value {extra.get('value')}; "
+            f"study best trial {best.number} value {best.value}"
+        )
     results.append(("best.pt scores the study's best", best_ok, detail))
     return results, lost
 
@@ -242,9 +305,11 @@ def main(argv: list[str] | None = None) -> int:
             if w.proc.poll() is None:
                 os.killpg(w.proc.pid, signal.SIGKILL)
         optuna.delete_study(study_name=soak.name, storage=args.storage)
-    print(f"chaos soak seed {args.seed}: {args.workers} workers, budget {args.trials}, "
-          f"{len(soak.faults)} faults ({', '.join(soak.faults) or 'none'}), "
-          f"{len(soak.workers)} workers started, logs in {root}")
+    print(
+        f"chaos soak seed {args.seed}: {args.workers} workers, budget {args.trials}, "
+        f"{len(soak.faults)} faults ({', '.join(soak.faults) or 'none'}), "
+        f"{len(soak.workers)} workers started, logs in {root}"
+    )
     for name, ok, detail in results:
         print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
     print(f"trials lost: {lost}; wall {time.perf_counter() - started:.1f} s")

@@ -70,7 +70,8 @@ class _Decode(torch.utils.data.Dataset):
 def bench_decode(paths: list[Path], seconds: float, workers: int) -> tuple[float, int]:
     """Return (frames/s, frames) of decoding + resizing + cropping the videos."""
     loader = torch.utils.data.DataLoader(
-        _Decode(paths, seconds), batch_size=None,
+        _Decode(paths, seconds),
+        batch_size=None,
         num_workers=workers,
     )
     start, frames = time.perf_counter(), 0
@@ -101,8 +102,15 @@ def bench_cnn(frames: torch.Tensor, batch_size: int, device: torch.device) -> fl
 def bench_pipeline(root: Path, out: Path, args: argparse.Namespace) -> tuple[float, int]:
     """Return (frames/s, frames) of `datasets.extract.extract` over the videos, end to end."""
     cfg = ExtractConfig(
-        videos=root, out=out, model="resnet50", random_init=True, seconds=args.seconds,
-        device=args.device, batch_size=args.batch_size, workers=args.workers, shard_size=200,
+        videos=root,
+        out=out,
+        model="resnet50",
+        random_init=True,
+        seconds=args.seconds,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        shard_size=200,
     )
     start = time.perf_counter()
     result = extract.extract(cfg)
@@ -127,8 +135,12 @@ def device_name(device: torch.device) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--videos", type=int, default=12, help="videos for the decode figures (12)")
-    p.add_argument("--cnn-videos", type=int, default=2,
-                   help="videos through ResNet-50 for the CNN and pipeline figures (2)")
+    p.add_argument(
+        "--cnn-videos",
+        type=int,
+        default=2,
+        help="videos through ResNet-50 for the CNN and pipeline figures (2)",
+    )
     p.add_argument("--seconds", type=float, default=4.0, help="seconds per video (4)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=None, help="frames per CNN batch")
@@ -143,29 +155,45 @@ def main() -> None:
         root.mkdir()
         paths = make_videos(root, args.videos, args.seconds)
         print(f"device: {device_name(device)}; torch {torch.__version__}, PyAV {av.__version__}")
-        print(f"{args.videos} videos 320x240 MPEG-4 ({args.seconds:g} s, 25 / 29.97 fps) -> "
-              f"{args.seconds:g} s at 25 fps, 224x224")
+        print(
+            f"{args.videos} videos 320x240 MPEG-4 ({args.seconds:g} s, 25 / 29.97 fps) -> "
+            f"{args.seconds:g} s at 25 fps, 224x224"
+        )
         one, frames = bench_decode(paths, args.seconds, workers=0)
         print(f"decode alone, 1 process:        {one:8.0f} frames/s ({frames} frames)")
         many, _ = bench_decode(paths, args.seconds, workers=workers)
-        print(f"decode alone, {workers:2d} workers:       {many:8.0f} frames/s "
-              f"({many / one:.2f}x one process)")
+        print(
+            f"decode alone, {workers:2d} workers:       {many:8.0f} frames/s "
+            f"({many / one:.2f}x one process)"
+        )
 
         cnn_paths = paths[: args.cnn_videos]
-        decoded = torch.cat([torch.from_numpy(decode_video(q, 25, args.seconds))
-                             for q in cnn_paths])
+        decoded = torch.cat(
+            [torch.from_numpy(decode_video(q, 25, args.seconds)) for q in cnn_paths]
+        )
         cnn = bench_cnn(decoded, batch, device)
-        print(f"ResNet-50 alone (batch {batch}):   {cnn:8.1f} frames/s ({len(decoded)} frames"
-              f"{', bf16 autocast' if device.type == 'cuda' else ', fp32'})")
+        print(
+            f"ResNet-50 alone (batch {batch}):   {cnn:8.1f} frames/s ({len(decoded)} frames"
+            f"{', bf16 autocast' if device.type == 'cuda' else ', fp32'})"
+        )
         for q in paths[args.cnn_videos :]:
             q.unlink()
-        full, frames = bench_pipeline(root, Path(tmp) / "out", argparse.Namespace(
-            seconds=args.seconds, device=args.device, batch_size=batch, workers=workers))
-        print(f"decode + ResNet-50 + write:     {full:8.1f} frames/s ({frames} frames, "
-              f"{full / cnn:.2f}x ResNet-50 alone, {workers} decode workers)")
+        full, frames = bench_pipeline(
+            root,
+            Path(tmp) / "out",
+            argparse.Namespace(
+                seconds=args.seconds, device=args.device, batch_size=batch, workers=workers
+            ),
+        )
+        print(
+            f"decode + ResNet-50 + write:     {full:8.1f} frames/s ({frames} frames, "
+            f"{full / cnn:.2f}x ResNet-50 alone, {workers} decode workers)"
+        )
         # UCF-101: 13,320 clips of 7.2 s on average -> about 175 of at most 250 frames each.
-        print(f"full UCF-101 (13,320 videos, ~2.3M frames) at this rate: "
-              f"{13320 * 175 / full / 3600:.1f} h")
+        print(
+            f"full UCF-101 (13,320 videos, ~2.3M frames) at this rate: "
+            f"{13320 * 175 / full / 3600:.1f} h"
+        )
 
 
 if __name__ == "__main__":

@@ -87,8 +87,12 @@ def resident_fraction(paths: list[str]) -> float:
                 anchor = ctypes.c_char.from_buffer(mm)
                 pages = (size + page - 1) // page
                 vec = (ctypes.c_ubyte * pages)()
-                if libc.mincore(ctypes.c_void_p(ctypes.addressof(anchor)), ctypes.c_size_t(size),
-                                vec) != 0:
+                if (
+                    libc.mincore(
+                        ctypes.c_void_p(ctypes.addressof(anchor)), ctypes.c_size_t(size), vec
+                    )
+                    != 0
+                ):
                     return float("nan")
                 resident += sum(b & 1 for b in vec)
                 total += pages
@@ -133,7 +137,9 @@ def measure_tfrecord(cfg: dict) -> dict:
     count = 0
     for path in cfg["shards"]:
         loader = tfrecord_loader(
-            path, None, ["sequence_length", "filename", "text", "fps"],
+            path,
+            None,
+            ["sequence_length", "filename", "text", "fps"],
             sequence_description={"features": "float", "labels": "int"},
         )
         for context, lists in loader:
@@ -186,8 +192,15 @@ def _epoch(cfg: dict, epochs: int) -> dict:
     from datasets.cache import load_features
 
     data = load_features(cfg["pattern"], cfg["cache_dir"])
-    loader = BatchLoader(data, np.arange(len(data)), cfg["batch_size"], shuffle=True, seed=0,
-                         bucket=True, prefetch=True)
+    loader = BatchLoader(
+        data,
+        np.arange(len(data)),
+        cfg["batch_size"],
+        shuffle=True,
+        seed=0,
+        bucket=True,
+        prefetch=True,
+    )
     for epoch in range(epochs):  # the last one is timed
         start = time.perf_counter()
         count = 0
@@ -211,18 +224,42 @@ MEASUREMENTS = {
     "raw_cold": (measure_raw, "raw file read (8 MB chunks)", "TFRecord", "shards", "cold"),
     "tfrecord": (measure_tfrecord, "decode: tfrecord package", "TFRecord", "shards", "warm"),
     "records": (measure_records, "decode: records.read_clips", "TFRecord", "shards", "warm"),
-    "records_cold": (measure_records, "decode: records.read_clips", "TFRecord", "shards",
-                     "cold"),
-    "cache_build": (measure_cache_build, "decode + write cache (1st load_features)", "TFRecord",
-                    "shards", "warm"),
-    "memmap": (measure_memmap, "cache: plain memmap sequential read", "fp16 cache", "cache",
-               "warm"),
-    "epoch_first": (measure_epoch_first, "cache: BatchLoader 1st epoch of a process",
-                    "fp16 cache", "cache", "warm"),
-    "epoch_next": (measure_epoch_next, "cache: BatchLoader later epoch", "fp16 cache", "cache",
-                   "warm"),
-    "epoch_cold": (measure_epoch_first, "cache: BatchLoader 1st epoch of a process",
-                   "fp16 cache", "cache", "cold"),
+    "records_cold": (measure_records, "decode: records.read_clips", "TFRecord", "shards", "cold"),
+    "cache_build": (
+        measure_cache_build,
+        "decode + write cache (1st load_features)",
+        "TFRecord",
+        "shards",
+        "warm",
+    ),
+    "memmap": (
+        measure_memmap,
+        "cache: plain memmap sequential read",
+        "fp16 cache",
+        "cache",
+        "warm",
+    ),
+    "epoch_first": (
+        measure_epoch_first,
+        "cache: BatchLoader 1st epoch of a process",
+        "fp16 cache",
+        "cache",
+        "warm",
+    ),
+    "epoch_next": (
+        measure_epoch_next,
+        "cache: BatchLoader later epoch",
+        "fp16 cache",
+        "cache",
+        "warm",
+    ),
+    "epoch_cold": (
+        measure_epoch_first,
+        "cache: BatchLoader 1st epoch of a process",
+        "fp16 cache",
+        "cache",
+        "cold",
+    ),
 }
 
 # Imported before the clock and the memory baseline start: import cost is not loader cost.
@@ -257,7 +294,9 @@ def child(name: str, cfg: dict) -> None:
 def run_child(name: str, cfg: dict) -> dict:
     proc = subprocess.run(
         [sys.executable, __file__, "--child", name, "--config", json.dumps(cfg)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         sys.exit(f"measurement {name!r} failed:\n{proc.stderr}")
@@ -275,19 +314,32 @@ def prepare_files(files: list[str], state: str) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clips", type=int, default=1000,
-                        help="clips to generate, rounded up to a multiple of 101 (default 1000)")
+    parser.add_argument(
+        "--clips",
+        type=int,
+        default=1000,
+        help="clips to generate, rounded up to a multiple of 101 (default 1000)",
+    )
     parser.add_argument("--frames", type=int, default=250, help="frames per record (default 250)")
     parser.add_argument("--dim", type=int, default=2048, help="feature size (default 2048)")
     parser.add_argument("--batch-size", type=int, default=64, help="BatchLoader batch (default 64)")
-    parser.add_argument("--tfrecord-clips", type=int, default=200,
-                        help="clips the (slow) tfrecord package decodes; its rate is measured "
-                        "on these (default 200)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="runs of each measurement; the table shows the fastest (default 3)")
+    parser.add_argument(
+        "--tfrecord-clips",
+        type=int,
+        default=200,
+        help="clips the (slow) tfrecord package decodes; its rate is measured "
+        "on these (default 200)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="runs of each measurement; the table shows the fastest (default 3)",
+    )
     parser.add_argument("--data", help="glob of existing shards to use instead of generating")
-    parser.add_argument("--workdir", help="folder for shards and cache (default: a temp folder, "
-                        "removed afterwards)")
+    parser.add_argument(
+        "--workdir", help="folder for shards and cache (default: a temp folder, removed afterwards)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -307,17 +359,31 @@ def main() -> int:
             classes = min(101, args.clips)
             per_class = math.ceil(args.clips / classes)
             start = time.perf_counter()
-            shards = [str(p) for p in write_synthetic(
-                work / "shards", clips_per_class=per_class, frames=args.frames, dim=args.dim,
-                classes=classes, seed=0)]
+            shards = [
+                str(p)
+                for p in write_synthetic(
+                    work / "shards",
+                    clips_per_class=per_class,
+                    frames=args.frames,
+                    dim=args.dim,
+                    classes=classes,
+                    seed=0,
+                )
+            ]
             clips = per_class * classes
             pattern = str(work / "shards" / "*.tfrecord")
-            print(f"generated {clips} synthetic clips ({args.frames} x {args.dim}) in "
-                  f"{time.perf_counter() - start:.1f} s")
+            print(
+                f"generated {clips} synthetic clips ({args.frames} x {args.dim}) in "
+                f"{time.perf_counter() - start:.1f} s"
+            )
         cfg = {
-            "shards": shards, "pattern": pattern, "cache_dir": str(work / "cache"),
-            "tfrecord_bytes": sum(os.path.getsize(p) for p in shards), "clips": clips,
-            "batch_size": args.batch_size, "tfrecord_clips": args.tfrecord_clips,
+            "shards": shards,
+            "pattern": pattern,
+            "cache_dir": str(work / "cache"),
+            "tfrecord_bytes": sum(os.path.getsize(p) for p in shards),
+            "clips": clips,
+            "batch_size": args.batch_size,
+            "tfrecord_clips": args.tfrecord_clips,
         }
         results: dict[str, dict] = {}
         if not clips:  # existing shards: count their clips first
@@ -347,13 +413,17 @@ def print_report(results: dict, cfg: dict, repeats: int) -> None:
     cache_bytes = results["memmap"]["bytes"]
     fp32_mb = cache_bytes * 2 / 1e6
     print(f"\ncommand: {shlex.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"data: {cfg['clips']} clips in {len(cfg['shards'])} shards: "
-          f"{cfg['tfrecord_bytes'] / 1e9:.2f} GB of TFRecord (float32, padded), "
-          f"{cache_bytes / 1e6:.0f} MB fp16 cache (real frames only; {fp32_mb:.0f} MB as "
-          f"float32); {os.cpu_count()} CPUs")
+    print(
+        f"data: {cfg['clips']} clips in {len(cfg['shards'])} shards: "
+        f"{cfg['tfrecord_bytes'] / 1e9:.2f} GB of TFRecord (float32, padded), "
+        f"{cache_bytes / 1e6:.0f} MB fp16 cache (real frames only; {fp32_mb:.0f} MB as "
+        f"float32); {os.cpu_count()} CPUs"
+    )
     print(f"fastest of {repeats} runs per row, each in a fresh process; spread = slowest/fastest")
-    header = (f"{'measurement':<42}{'page cache':>11}{'videos/s':>10}{'MB/s':>8}  {'of':<11}"
-              f"{'spread':>7}{'peak RSS':>9}{'private':>9}{'imports':>9}")
+    header = (
+        f"{'measurement':<42}{'page cache':>11}{'videos/s':>10}{'MB/s':>8}  {'of':<11}"
+        f"{'spread':>7}{'peak RSS':>9}{'private':>9}{'imports':>9}"
+    )
     print(header)
     print("-" * len(header))
     for name, r in results.items():
@@ -362,13 +432,17 @@ def print_report(results: dict, cfg: dict, repeats: int) -> None:
             label += f" ({r['clips']} clips)"
         mb_s = r["bytes"] / 1e6 / r["seconds"]
         private = r["peak_anon_mb"] - r["baseline_anon_mb"]
-        print(f"{label:<42}{state + ' ' + _pct(r['resident']):>11}"
-              f"{r['clips'] / r['seconds']:>10.0f}{mb_s:>8.0f}  {unit:<11}{r['spread']:>6.1f}x"
-              f"{r['peak_rss_mb']:>7.0f}MB{private:>7.0f}MB{r['baseline_mb']:>7.0f}MB")
-    print("page cache: state set before the run (warm = read just before, cold = dropped with "
-          "posix_fadvise DONTNEED) and the share of the files resident then (mincore).\n"
-          "peak RSS = ru_maxrss, which counts the file pages a memmap maps (shared page cache); "
-          "private = peak RssAnon above the RSS after imports; imports = RSS before the work.")
+        print(
+            f"{label:<42}{state + ' ' + _pct(r['resident']):>11}"
+            f"{r['clips'] / r['seconds']:>10.0f}{mb_s:>8.0f}  {unit:<11}{r['spread']:>6.1f}x"
+            f"{r['peak_rss_mb']:>7.0f}MB{private:>7.0f}MB{r['baseline_mb']:>7.0f}MB"
+        )
+    print(
+        "page cache: state set before the run (warm = read just before, cold = dropped with "
+        "posix_fadvise DONTNEED) and the share of the files resident then (mincore).\n"
+        "peak RSS = ru_maxrss, which counts the file pages a memmap maps (shared page cache); "
+        "private = peak RssAnon above the RSS after imports; imports = RSS before the work."
+    )
 
     def rate(name: str) -> float:
         return results[name]["clips"] / results[name]["seconds"]
@@ -382,19 +456,29 @@ def print_report(results: dict, cfg: dict, repeats: int) -> None:
         ("epoch_next", "tfrecord", "cache epoch (warm) vs tfrecord package (warm)", 5.0),
     ):
         ratio = rate(a) / rate(b)
-        print(f"  {what:<46} {ratio:5.1f}x faster  (target >= {target:.0f}x: "
-              f"{'met' if ratio >= target else 'missed'})")
+        print(
+            f"  {what:<46} {ratio:5.1f}x faster  (target >= {target:.0f}x: "
+            f"{'met' if ratio >= target else 'missed'})"
+        )
     for a, b, what in (("raw", "records", "warm"), ("raw_cold", "records_cold", "cold")):
         ratio = rate(a) / rate(b)
-        print(f"  {'decode vs raw read (' + what + ')':<46} {ratio:5.2f}x slower (target <= 1.5x: "
-              f"{'met' if ratio <= 1.5 else 'missed'})")
-    print(f"  {'decode: records vs tfrecord package':<46} "
-          f"{rate('records') / rate('tfrecord'):5.1f}x faster")
-    private = max(results[n]["peak_anon_mb"] - results[n]["baseline_anon_mb"]
-                  for n in ("epoch_first", "epoch_next", "epoch_cold"))
-    print(f"  {'cache epoch private memory':<46} {private:5.0f} MB vs {fp32_mb:.0f} MB of float32 "
-          f"data ({private / fp32_mb:.0%}; batch {cfg['batch_size']} x up to 250 frames, "
-          "a few batches in flight)")
+        print(
+            f"  {'decode vs raw read (' + what + ')':<46} {ratio:5.2f}x slower (target <= 1.5x: "
+            f"{'met' if ratio <= 1.5 else 'missed'})"
+        )
+    print(
+        f"  {'decode: records vs tfrecord package':<46} "
+        f"{rate('records') / rate('tfrecord'):5.1f}x faster"
+    )
+    private = max(
+        results[n]["peak_anon_mb"] - results[n]["baseline_anon_mb"]
+        for n in ("epoch_first", "epoch_next", "epoch_cold")
+    )
+    print(
+        f"  {'cache epoch private memory':<46} {private:5.0f} MB vs {fp32_mb:.0f} MB of float32 "
+        f"data ({private / fp32_mb:.0%}; batch {cfg['batch_size']} x up to 250 frames, "
+        "a few batches in flight)"
+    )
 
 
 def _pct(x) -> str:

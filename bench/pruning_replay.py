@@ -65,13 +65,23 @@ class Curve:
 
 def train_curves(args: argparse.Namespace, root: Path) -> tuple[list[Curve], int]:
     """Return every sampled trial's full learning curve and the validation classes."""
-    write_synthetic(root / "shards", clips_per_class=args.clips, frames=args.frames,
-                    dim=args.dim, classes=args.classes, seed=args.seed, workers=1)
-    data = load_study_data(DataSpec(cache_dir=str(root / "cache")),
-                           str(root / "shards" / "*.tfrecord*"), demo=False)
+    write_synthetic(
+        root / "shards",
+        clips_per_class=args.clips,
+        frames=args.frames,
+        dim=args.dim,
+        classes=args.classes,
+        seed=args.seed,
+        workers=1,
+    )
+    data = load_study_data(
+        DataSpec(cache_dir=str(root / "cache")), str(root / "shards" / "*.tfrecord*"), demo=False
+    )
     classes = len(np.unique(data.features.labels[data.parts["val"]]))
-    print(f"# data: {args.classes} classes, train {len(data.parts['train'])} / val "
-          f"{len(data.parts['val'])} clips, {args.frames} frames, {args.dim}-d")
+    print(
+        f"# data: {args.classes} classes, train {len(data.parts['train'])} / val "
+        f"{len(data.parts['val'])} clips, {args.frames} frames, {args.dim}-d"
+    )
     definition = load_definition(STUDY)
     sampler = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
     curves = []
@@ -80,15 +90,29 @@ def train_curves(args: argparse.Namespace, root: Path) -> tuple[list[Curve], int
         params = suggest(trial, definition)
         seed = trial_seed(args.seed, number)
         torch.manual_seed(seed)
-        model = build_model(ModelSpec(
-            kind="rnn", input_dim=args.dim, num_classes=data.num_classes, cell=params["cell"],
-            hidden=int(params["hidden"]), layers=int(params["layers"]),
-            dropout=float(params.get("dropout", 0.0))))
+        model = build_model(
+            ModelSpec(
+                kind="rnn",
+                input_dim=args.dim,
+                num_classes=data.num_classes,
+                cell=params["cell"],
+                hidden=int(params["hidden"]),
+                layers=int(params["layers"]),
+                dropout=float(params.get("dropout", 0.0)),
+            )
+        )
         train_loader, val_loader = (
-            BatchLoader(data.features, data.parts[part], int(params.get("batch_size", 64)),
-                        stride=int(params.get("stride", 1)), shuffle=part == "train",
-                        bucket=part == "train", seed=seed)
-            for part in ("train", "val"))
+            BatchLoader(
+                data.features,
+                data.parts[part],
+                int(params.get("batch_size", 64)),
+                stride=int(params.get("stride", 1)),
+                shuffle=part == "train",
+                bucket=part == "train",
+                seed=seed,
+            )
+            for part in ("train", "val")
+        )
         curve = Curve(params, [], [], [])
 
         def keep(r: EpochResult, curve: Curve = curve) -> None:
@@ -96,22 +120,30 @@ def train_curves(args: argparse.Namespace, root: Path) -> tuple[list[Curve], int
             curve.correct.append(r.val_correct)
             curve.loss.append(r.val_clip_loss)
 
-        config = TrainConfig(lr=float(params["lr"]), clip_norm=float(params["clip_norm"]),
-                             weight_decay=float(params.get("weight_decay", 0.0)),
-                             epochs=args.epochs, seed=seed, explode_grad_norm=1e4,
-                             explode_loss=100.0)
+        config = TrainConfig(
+            lr=float(params["lr"]),
+            clip_norm=float(params["clip_norm"]),
+            weight_decay=float(params.get("weight_decay", 0.0)),
+            epochs=args.epochs,
+            seed=seed,
+            explode_grad_norm=1e4,
+            explode_loss=100.0,
+        )
         start = time.perf_counter()
         try:
             train(model, train_loader, val_loader, config, on_epoch=keep)
         except TrainingDiverged:
             curve.diverged = True
         sampler.tell(trial, curve.final)
-        searched = " ".join(f"{k}={_short(v)}" for k, v in params.items()
-                            if k in definition.searched())
-        print(f"# trial {number:2d}: final {curve.final:.3f}  curve "
-              + " ".join(f"{v:.2f}" for v in curve.top1)
-              + f"  ({time.perf_counter() - start:.0f}s{', diverged' if curve.diverged else ''}) "
-              + searched)
+        searched = " ".join(
+            f"{k}={_short(v)}" for k, v in params.items() if k in definition.searched()
+        )
+        print(
+            f"# trial {number:2d}: final {curve.final:.3f}  curve "
+            + " ".join(f"{v:.2f}" for v in curve.top1)
+            + f"  ({time.perf_counter() - start:.0f}s{', diverged' if curve.diverged else ''}) "
+            + searched
+        )
         curves.append(curve)
     return curves, classes
 
@@ -129,7 +161,8 @@ def replay(curves: list[Curve], pruner: optuna.pruners.BasePruner, classes: int)
         trial.set_user_attr(CLASSES_KEY, classes)
         end, pruned = len(curve.top1), False
         for epoch, (top1, correct, loss) in enumerate(
-                zip(curve.top1, curve.correct, curve.loss, strict=True), start=1):
+            zip(curve.top1, curve.correct, curve.loss, strict=True), start=1
+        ):
             for key, value in outcome_attrs(epoch, correct, loss).items():
                 trial.set_user_attr(key, value)
             trial.report(top1, epoch)
@@ -146,8 +179,9 @@ def replay(curves: list[Curve], pruner: optuna.pruners.BasePruner, classes: int)
 
 def main(argv: list[str] | None = None) -> int:
     """Train the curves, replay the rules, print one line per rule; returns the exit status."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--trials", type=int, default=10, help="configurations trained to the end")
     p.add_argument("--epochs", type=int, default=12, help="full budget per trial")
     p.add_argument("--classes", type=int, default=12, help="synthetic classes")
@@ -157,8 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="data and sampler seed")
     p.add_argument("--startup", type=int, default=5, help="startup_trials of every rule")
     p.add_argument("--warmup", type=int, default=2, help="warmup_epochs of every rule")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (1: more only oversubscribe a shared box)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1: more only oversubscribe a shared box)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -168,18 +206,24 @@ def main(argv: list[str] | None = None) -> int:
     finals = [c.final for c in curves]
     median_final, best = statistics.median(finals), max(range(len(curves)), key=finals.__getitem__)
     full = sum(len(c.top1) for c in curves)
-    print(f"# {len(curves)} trials x {args.epochs} epochs in {time.perf_counter() - started:.0f}s;"
-          f" median final val top-1 {median_final:.3f}, best {finals[best]:.3f} (trial {best})")
+    print(
+        f"# {len(curves)} trials x {args.epochs} epochs in {time.perf_counter() - started:.0f}s;"
+        f" median final val top-1 {median_final:.3f}, best {finals[best]:.3f} (trial {best})"
+    )
     base = {"startup_trials": args.startup, "warmup_epochs": args.warmup}
     rules = {
         "none": PrunerSpec(kind="none"),
         "median": PrunerSpec(kind="median", **base),
         "successive_halving": PrunerSpec(kind="successive_halving", **base),
         "hyperband": PrunerSpec(kind="hyperband", **base),
-        **{f"paired top1 a={a:g}": PrunerSpec(kind="paired", metric="top1", alpha=a, **base)
-           for a in (0.05, 0.01, 0.001)},
-        **{f"paired loss a={a:g}": PrunerSpec(kind="paired", metric="loss", alpha=a, **base)
-           for a in (0.05, 0.01, 0.001)},
+        **{
+            f"paired top1 a={a:g}": PrunerSpec(kind="paired", metric="top1", alpha=a, **base)
+            for a in (0.05, 0.01, 0.001)
+        },
+        **{
+            f"paired loss a={a:g}": PrunerSpec(kind="paired", metric="loss", alpha=a, **base)
+            for a in (0.05, 0.01, 0.001)
+        },
     }
     print(f"{'rule':<24} {'pruned':>6} {'false':>5} {'best kept':>9} {'epochs':>7}  pruned at")
     for name, spec in rules.items():

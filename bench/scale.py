@@ -30,13 +30,37 @@ def run_workers(n: int, args: argparse.Namespace, data: str, logs: Path) -> tupl
     name = f"bench-scale-{n}-{uuid.uuid4().hex[:8]}"
     threads = max(1, (os.cpu_count() or 1) // n)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "WANDB_MODE": "disabled"}
-    cmd = [sys.executable, str(REPO / "run_study.py"), "--storage", args.storage,
-           "--study-name", name, "--data", data, "--trials", str(args.trials),
-           "--epochs", str(args.epochs), "--wandb-mode", "disabled", "--device", "cpu",
-           "--out-dir", str(logs / name)]
+    cmd = [
+        sys.executable,
+        str(REPO / "run_study.py"),
+        "--storage",
+        args.storage,
+        "--study-name",
+        name,
+        "--data",
+        data,
+        "--trials",
+        str(args.trials),
+        "--epochs",
+        str(args.epochs),
+        "--wandb-mode",
+        "disabled",
+        "--device",
+        "cpu",
+        "--out-dir",
+        str(logs / name),
+    ]
     start = time.perf_counter()
-    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=(logs / f"{name}-{i}.log").open("w"),
-                              stderr=subprocess.STDOUT) for i in range(n)]
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=env,
+            stdout=(logs / f"{name}-{i}.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(n)
+    ]
     codes = [p.wait() for p in procs]
     wall = time.perf_counter() - start
     if any(codes):

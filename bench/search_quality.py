@@ -50,8 +50,17 @@ ARMS = ("hand", "default", "median")
 # clips a class and the hand-set run scores 7%; with these it scores the issue's ~94%.
 FULL_DATA = {"classes": 101, "clips_per_class": 25, "frames": 250, "dim": 256}
 QUICK_DATA = {"classes": 4, "clips_per_class": 25, "frames": 12, "dim": 8}
-HAND = {"cell": "gru", "layers": 2, "hidden": 128, "stride": 5, "batch_size": 32, "lr": 3e-3,
-        "clip_norm": 1.0, "dropout": 0.0, "weight_decay": 0.0}
+HAND = {
+    "cell": "gru",
+    "layers": 2,
+    "hidden": 128,
+    "stride": 5,
+    "batch_size": 32,
+    "lr": 3e-3,
+    "clip_norm": 1.0,
+    "dropout": 0.0,
+    "weight_decay": 0.0,
+}
 HAND_EPOCHS = 15
 QUICK_HAND = {**HAND, "hidden": 16, "stride": 1}
 QUICK_HAND_EPOCHS = 3
@@ -114,30 +123,53 @@ def hand_arm(pattern: str, quick: bool, device: str, work: Path) -> dict[str, An
     started = time.perf_counter()
     data = load_study_data(definition.data, pattern, False)
     settings = TrialSettings(
-        definition=definition, data=data, device=_device(device), seed=0,
+        definition=definition,
+        data=data,
+        device=_device(device),
+        seed=0,
         epochs=definition.train.max_epochs,
         tracking=TrackingConfig(mode="disabled", project="bench", group="hand", dir=str(work)),
-        checkpoint=BestCheckpoint(work / "hand-best.pt"), artifact_dir=work / "hand-artifacts")
+        checkpoint=BestCheckpoint(work / "hand-best.pt"),
+        artifact_dir=work / "hand-artifacts",
+    )
     params, epochs = (QUICK_HAND, QUICK_HAND_EPOCHS) if quick else (HAND, HAND_EPOCHS)
     refit = refit_and_score(params, settings, seed=0, epochs=epochs)
-    return {"arm": "hand", "test_top1_refit": float(refit.test.top1),
-            "wall_s": round(time.perf_counter() - started, 1), "trials": 1, "pruned": 0,
-            "epochs_spent": epochs, "epochs_no_prune_estimate": epochs, "params": params}
+    return {
+        "arm": "hand",
+        "test_top1_refit": float(refit.test.top1),
+        "wall_s": round(time.perf_counter() - started, 1),
+        "trials": 1,
+        "pruned": 0,
+        "epochs_spent": epochs,
+        "epochs_no_prune_estimate": epochs,
+        "params": params,
+    }
 
 
-def study_arm(
-    arm: str, pattern: str, args: argparse.Namespace, work: Path
-) -> dict[str, Any]:
+def study_arm(arm: str, pattern: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Run the arm's study and its audit as run_study.py subprocesses; return their figures."""
     out_dir = work / arm
     storage = f"sqlite:///{work / f'{arm}.db'}"
-    common = ["--study", str(definition_for(arm, args.quick, work)), "--study-name", f"sq_{arm}",
-              "--storage", storage, "--data", pattern, "--device", args.device,
-              "--out-dir", str(out_dir)]
+    common = [
+        "--study",
+        str(definition_for(arm, args.quick, work)),
+        "--study-name",
+        f"sq_{arm}",
+        "--storage",
+        storage,
+        "--data",
+        pattern,
+        "--device",
+        args.device,
+        "--out-dir",
+        str(out_dir),
+    ]
     started = time.perf_counter()
     limit = ["--timeout", str(args.timeout)] if args.timeout else []
-    _run([*common, "--trials", str(args.trials), *limit, "--wandb-mode", "disabled"],
-         out_dir / "study")
+    _run(
+        [*common, "--trials", str(args.trials), *limit, "--wandb-mode", "disabled"],
+        out_dir / "study",
+    )
     study_wall = time.perf_counter() - started
     started = time.perf_counter()
     _run(["audit", "--sample", str(args.audit_sample), *common], out_dir / "audit")
@@ -184,8 +216,12 @@ def _epochs(trials: list[optuna.trial.FrozenTrial], audit: dict[str, Any]) -> tu
 def _run(argv: list[str], log: Path) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.with_suffix(".log").open("w") as out:
-        code = subprocess.call([sys.executable, str(REPO / "run_study.py"), *argv], cwd=REPO,
-                               stdout=out, stderr=subprocess.STDOUT)
+        code = subprocess.call(
+            [sys.executable, str(REPO / "run_study.py"), *argv],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     if code:
         raise SystemExit(f"run_study.py {' '.join(argv[:1])} failed ({code}); see {log}.log")
 
@@ -199,8 +235,10 @@ def _device(requested: str) -> str:
 
 
 def _table(results: list[dict[str, Any]]) -> str:
-    lines = ["arm      test top-1 (refit)  wall s  trials  pruned  false-prune rate (95% CI)"
-             "      epochs spent / no-prune est."]
+    lines = [
+        "arm      test top-1 (refit)  wall s  trials  pruned  false-prune rate (95% CI)"
+        "      epochs spent / no-prune est."
+    ]
     for r in results:
         rate = r.get("false_prune_rate")
         if rate is None:
@@ -208,31 +246,50 @@ def _table(results: list[dict[str, Any]]) -> str:
         else:
             low, high = r["false_prune_interval95"]
             audit = f"{rate:.3f} ({low:.3f}-{high:.3f}) of {r['audited']}"
-        share = r["epochs_spent"] / r["epochs_no_prune_estimate"] if r[
-            "epochs_no_prune_estimate"] else float("nan")
-        lines.append(f"{r['arm']:<8} {r['test_top1_refit']:>18.4f}  {r['wall_s']:>6.0f}  "
-                     f"{r['trials']:>6}  {r['pruned']:>6}  {audit:<29}  "
-                     f"{r['epochs_spent']} / {r['epochs_no_prune_estimate']} ({share:.0%})")
+        share = (
+            r["epochs_spent"] / r["epochs_no_prune_estimate"]
+            if r["epochs_no_prune_estimate"]
+            else float("nan")
+        )
+        lines.append(
+            f"{r['arm']:<8} {r['test_top1_refit']:>18.4f}  {r['wall_s']:>6.0f}  "
+            f"{r['trials']:>6}  {r['pruned']:>6}  {audit:<29}  "
+            f"{r['epochs_spent']} / {r['epochs_no_prune_estimate']} ({share:.0%})"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the arms; print their figures and write them as JSON."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-dir", required=True,
-                   help="folder of the synthetic set (written there once, reused after)")
-    p.add_argument("--work-dir", default=None,
-                   help="studies, logs and the JSON (default: <data-dir>/../search-quality)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--data-dir",
+        required=True,
+        help="folder of the synthetic set (written there once, reused after)",
+    )
+    p.add_argument(
+        "--work-dir",
+        default=None,
+        help="studies, logs and the JSON (default: <data-dir>/../search-quality)",
+    )
     p.add_argument("--trials", type=int, default=50, help="trials per study")
-    p.add_argument("--timeout", type=float, default=None,
-                   help="seconds after which a study starts no new trial (its figures then cover "
-                        "fewer than --trials trials)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds after which a study starts no new trial (its figures then cover "
+        "fewer than --trials trials)",
+    )
     p.add_argument("--audit-sample", type=int, default=10, help="pruned trials each audit re-runs")
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="what to run")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny data, space and budget (about a minute): checks the script only")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny data, space and budget (about a minute): checks the script only",
+    )
     args = p.parse_args(argv)
     if args.quick and args.trials == 50:
         args.trials = 4
@@ -247,13 +304,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data {pattern} ready in {time.perf_counter() - started:.0f} s")
     results = []
     for arm in args.arms:
-        results.append(hand_arm(pattern, args.quick, args.device, work) if arm == "hand"
-                       else study_arm(arm, pattern, args, work))
+        results.append(
+            hand_arm(pattern, args.quick, args.device, work)
+            if arm == "hand"
+            else study_arm(arm, pattern, args, work)
+        )
         print(f"{arm}: done in {results[-1]['wall_s']:.0f} s", flush=True)
     print(_table(results))
     out = work / "search_quality.json"
-    out.write_text(json.dumps({"argv": sys.argv[1:], "quick": args.quick, "trials": args.trials,
-                               "audit_sample": args.audit_sample, "arms": results}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "argv": sys.argv[1:],
+                "quick": args.quick,
+                "trials": args.trials,
+                "audit_sample": args.audit_sample,
+                "arms": results,
+            },
+            indent=1,
+        )
+    )
     print(f"figures: {out}")
     return 0
 

@@ -25,17 +25,38 @@ from search.tracking import TrackingConfig, TrialRun
 
 def one_trial(cfg: TrackingConfig, number: int, steps: int, epochs: int) -> float:
     """Return the seconds one tracked trial spends in tracking calls."""
-    config = {"cell": "gru", "hidden": 256, "layers": 2, "lr": 1e-3, "dropout": 0.1,
-              "batch_size": 64, "epochs_budget": epochs, "trial_number": number}
+    config = {
+        "cell": "gru",
+        "hidden": 256,
+        "layers": 2,
+        "lr": 1e-3,
+        "dropout": 0.1,
+        "batch_size": 64,
+        "epochs_budget": epochs,
+        "trial_number": number,
+    }
     start = time.perf_counter()
     with TrialRun(cfg, number, config) as run:
         for step in range(steps):
-            run.log_step({"train/loss": 4.0 / (step + 1), "train/top1": step / steps,
-                          "train/examples_per_s": 5000.0, "epoch": 1 + step * epochs // steps},
-                         step=step * 20)
+            run.log_step(
+                {
+                    "train/loss": 4.0 / (step + 1),
+                    "train/top1": step / steps,
+                    "train/examples_per_s": 5000.0,
+                    "epoch": 1 + step * epochs // steps,
+                },
+                step=step * 20,
+            )
         for epoch in range(1, epochs + 1):
-            run.log_epoch(epoch, {"val/loss": 3.0 / epoch, "val/top1": epoch / 20,
-                                  "val/top5": epoch / 10, "train/epoch_loss": 3.5 / epoch})
+            run.log_epoch(
+                epoch,
+                {
+                    "val/loss": 3.0 / epoch,
+                    "val/top1": epoch / 20,
+                    "val/top5": epoch / 10,
+                    "train/epoch_loss": 3.5 / epoch,
+                },
+            )
         run.finish("complete", {"best_val_top1": epochs / 20, "best_epoch": epochs})
     return time.perf_counter() - start
 
@@ -62,9 +83,11 @@ def main() -> int:
     spread = statistics.stdev(times) if len(times) > 1 else 0.0
     print(f"wandb import (once per process): {import_s:.3f} s")
     print(f"first offline trial (starts wandb service): {first_s:.3f} s")
-    print(f"offline tracking per trial ({args.steps} steps, {args.epochs} epochs, "
-          f"{args.runs} runs): mean {mean:.3f} s, stdev {spread:.3f} s, "
-          f"min {min(times):.3f} s, max {max(times):.3f} s")
+    print(
+        f"offline tracking per trial ({args.steps} steps, {args.epochs} epochs, "
+        f"{args.runs} runs): mean {mean:.3f} s, stdev {spread:.3f} s, "
+        f"min {min(times):.3f} s, max {max(times):.3f} s"
+    )
     print(f"disabled tracking per trial (baseline): mean {statistics.mean(base) * 1e6:.1f} us")
     return 0
 

@@ -75,8 +75,15 @@ def make_features(clips: int, shape: Shape, seed: int) -> FeatureSet:
     frames = rng.standard_normal((int(offsets[-1]), shape.dim), dtype=np.float32)
     labels = rng.integers(1, CLASSES + 1, size=clips)
     names = tuple(f"v_Bench_g{i % 25 + 1:02d}_c{i:02d}.avi" for i in range(clips))
-    return FeatureSet(frames=frames.astype(np.float16), offsets=offsets, labels=labels,
-                      filenames=names, texts=("Bench",) * clips, fps=25.0, fingerprint="bench")
+    return FeatureSet(
+        frames=frames.astype(np.float16),
+        offsets=offsets,
+        labels=labels,
+        filenames=names,
+        texts=("Bench",) * clips,
+        fps=25.0,
+        fingerprint="bench",
+    )
 
 
 class NaiveGRU(nn.Module):
@@ -110,8 +117,9 @@ class Naive:
         """Train one epoch over every clip; return (examples, seconds)."""
         start = time.perf_counter()
         total_loss = total_acc = 0.0
-        for clips in epoch_batches(np.arange(len(self.labels)), self.batch, shuffle=True, seed=0,
-                                   epoch=epoch):
+        for clips in epoch_batches(
+            np.arange(len(self.labels)), self.batch, shuffle=True, seed=0, epoch=epoch
+        ):
             x = torch.from_numpy(self.padded[clips]).float().to(self.device)  # fp64 -> fp32
             y = torch.from_numpy(self.labels[clips]).to(self.device)
             logits = self.model(x)
@@ -129,13 +137,26 @@ class Ours:
     """models.training.train, one epoch per call, over a BatchLoader kept between calls."""
 
     def __init__(self, data: FeatureSet, shape: Shape, device: str, bucket: bool) -> None:
-        spec = ModelSpec(kind="rnn", input_dim=shape.dim, num_classes=CLASSES, cell="gru",
-                         hidden=shape.hidden, layers=LAYERS)
+        spec = ModelSpec(
+            kind="rnn",
+            input_dim=shape.dim,
+            num_classes=CLASSES,
+            cell="gru",
+            hidden=shape.hidden,
+            layers=LAYERS,
+        )
         self.config = TrainConfig(lr=LR, clip_norm=CLIP, epochs=1, device=device)
         torch.manual_seed(0)
         self.model = build_model(spec)
-        self.loader = BatchLoader(data, np.arange(len(data)), shape.batch, shuffle=True, seed=0,
-                                  bucket=bucket, device=device)
+        self.loader = BatchLoader(
+            data,
+            np.arange(len(data)),
+            shape.batch,
+            shuffle=True,
+            seed=0,
+            bucket=bucket,
+            device=device,
+        )
         self.val = BatchLoader(data, np.arange(min(8, len(data))), 8, device=device)  # untimed
 
     def epoch(self, epoch: int) -> tuple[int, float]:
@@ -153,7 +174,7 @@ def measure(runners: dict, repeats: int, sync) -> dict[str, list[float]]:
     speeds: dict[str, list[float]] = {name: [] for name in runners}
     names = list(runners)
     for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             examples, seconds = runners[name].epoch(r + 1)
             sync()
             speeds[name].append(examples / seconds)
@@ -165,28 +186,42 @@ def summarise(speeds: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     out = {}
     for name, values in speeds.items():
         ratios = [v / n for v, n in zip(values, speeds["naive"], strict=True)]
-        out[name] = {"median": statistics.median(values), "min": min(values),
-                     "max": max(values), "ratio_median": statistics.median(ratios),
-                     "ratio_min": min(ratios), "ratio_max": max(ratios)}
+        out[name] = {
+            "median": statistics.median(values),
+            "min": min(values),
+            "max": max(values),
+            "ratio_median": statistics.median(ratios),
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+        }
     return out
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the benchmark's flags."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--device", default="auto", help="'auto' (cuda if available), cpu or cuda")
-    p.add_argument("--clips", type=int, default=None,
-                   help="clips per epoch, the same for every variant (default: 2048 on CUDA, "
-                        "128 on CPU)")
-    p.add_argument("--repeats", type=int, default=None,
-                   help="timed epochs per variant, taken in turns (default: 7 on CUDA, 3 on CPU)")
+    p.add_argument(
+        "--clips",
+        type=int,
+        default=None,
+        help="clips per epoch, the same for every variant (default: 2048 on CUDA, 128 on CPU)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed epochs per variant, taken in turns (default: 7 on CUDA, 3 on CPU)",
+    )
     p.add_argument("--batch-size", type=int, default=256, help="clips per batch")
     p.add_argument("--frames", type=int, default=FRAMES, help="frames per clip at most")
     p.add_argument("--dim", type=int, default=DIM, help="features per frame")
     p.add_argument("--hidden", type=int, default=HIDDEN, help="GRU units per layer")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's choice)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)"
+    )
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     return p
 
@@ -207,30 +242,46 @@ def main(argv: list[str] | None = None) -> int:
     shape = Shape(frames=args.frames, dim=args.dim, hidden=args.hidden, batch=args.batch_size)
     data = make_features(clips, shape, seed=0)
     print(f"device: {device} ({device_name(device)}), torch {torch.__version__}")
-    print(f"config: GRU {LAYERS}x{shape.hidden}, batch {shape.batch}, up to {shape.frames} "
-          f"frames (mean {data.lengths.mean():.0f}), {shape.dim}-d, Adam lr {LR}, clip {CLIP}; "
-          f"{repeats} timed epochs of {clips} clips per variant, in turns, after 1 warm-up epoch")
-    runners = {"naive": Naive(data, shape, device),
-               "ours": Ours(data, shape, device, bucket=False),
-               "bucketed": Ours(data, shape, device, bucket=True)}
+    print(
+        f"config: GRU {LAYERS}x{shape.hidden}, batch {shape.batch}, up to {shape.frames} "
+        f"frames (mean {data.lengths.mean():.0f}), {shape.dim}-d, Adam lr {LR}, clip {CLIP}; "
+        f"{repeats} timed epochs of {clips} clips per variant, in turns, after 1 warm-up epoch"
+    )
+    runners = {
+        "naive": Naive(data, shape, device),
+        "ours": Ours(data, shape, device, bucket=False),
+        "bucketed": Ours(data, shape, device, bucket=True),
+    }
     sync = torch.cuda.synchronize if on_cuda else (lambda: None)
     figures = summarise(measure(runners, repeats, sync))
     labels = {
         "naive": f"naive (fp32, padded to {shape.frames}, read-out at the last step, .item() "
-                 "per step, fp64->fp32 per batch)",
+        "per step, fp64->fp32 per batch)",
         "ours": f"ours (train() + BatchLoader, trimmed batches{', bf16' if on_cuda else ''})",
         "bucketed": "ours + length bucketing (BatchLoader(bucket=True))",
     }
     for name in VARIANTS:
         f = figures[name]
-        print(f"{labels[name]}: {f['median']:.1f} examples/s (range {f['min']:.1f}-"
-              f"{f['max']:.1f}), {f['ratio_median']:.2f}x naive (range {f['ratio_min']:.2f}-"
-              f"{f['ratio_max']:.2f}x)")
+        print(
+            f"{labels[name]}: {f['median']:.1f} examples/s (range {f['min']:.1f}-"
+            f"{f['max']:.1f}), {f['ratio_median']:.2f}x naive (range {f['ratio_min']:.2f}-"
+            f"{f['ratio_max']:.2f}x)"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "device": device, "device_name": device_name(device), "torch": torch.__version__,
-            "clips": clips, "repeats": repeats, "shape": vars(args) | {"device": device},
-            "examples_per_s": figures}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "device": device,
+                    "device_name": device_name(device),
+                    "torch": torch.__version__,
+                    "clips": clips,
+                    "repeats": repeats,
+                    "shape": vars(args) | {"device": device},
+                    "examples_per_s": figures,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

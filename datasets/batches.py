@@ -245,12 +245,16 @@ class BatchLoader:
             # A copy already on the device counts as fitting: it is shared, not made again.
             resident = self.device.type == "cuda" and (
                 _resident_key(data, clips, self.device) in _RESIDENT
-                or _fits_on_device(data, clips, self.device))
+                or _fits_on_device(data, clips, self.device)
+            )
         self._resident = _resident_frames(data, clips, self.device) if resident else None
         log.debug(
             "BatchLoader: %d clips, batch %d, stride %d, %s mode on %s",
-            self.num_examples, self.batch_size, self.stride,
-            "resident" if resident else "host", self.device,
+            self.num_examples,
+            self.batch_size,
+            self.stride,
+            "resident" if resident else "host",
+            self.device,
         )
 
     @property
@@ -264,8 +268,13 @@ class BatchLoader:
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """Yield the batches of one epoch; the order is a function of (seed, epoch) only."""
         batches = epoch_batches(
-            self.indices, self.batch_size, shuffle=self.shuffle, seed=self.seed, epoch=epoch,
-            lengths=self._lengths, bucket=self.bucket,
+            self.indices,
+            self.batch_size,
+            shuffle=self.shuffle,
+            seed=self.seed,
+            epoch=epoch,
+            lengths=self._lengths,
+            bucket=self.bucket,
         )
         # The stream rule. Every tensor a trial reads is made on the stream the trial computes
         # on (its current stream, search.objective._own_stream) or ordered before it:
@@ -295,8 +304,12 @@ class BatchLoader:
             buf = host_buffer(shape, self._host_dtype)
         source, stride = self._source, self.stride
         for row, (start, length, n) in enumerate(
-            zip(self._starts[clips].tolist(), self._lengths[clips].tolist(), steps.tolist(),
-                strict=True)
+            zip(
+                self._starts[clips].tolist(),
+                self._lengths[clips].tolist(),
+                steps.tolist(),
+                strict=True,
+            )
         ):
             # (n, dim) view into the memmap, widened to the buffer's dtype
             copy_rows_serial(buf[row, :n], source[start : start + length : stride])

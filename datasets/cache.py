@@ -103,8 +103,14 @@ def _describe_sources(paths: Sequence[str]) -> list[dict]:
             framing = records.framing_digest(p).hex()[:32]
         except OSError as err:
             raise DataError(f"cannot read TFRecord file {p!r}: {err.strerror}") from None
-        out.append({"path": str(Path(p).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                    "records": framing})
+        out.append(
+            {
+                "path": str(Path(p).resolve()),
+                "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns,
+                "records": framing,
+            }
+        )
     return out
 
 
@@ -148,8 +154,9 @@ def _build_lock(root: Path, fingerprint: str) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log.warning("another process is building feature cache %s; waiting for it",
-                        root / fingerprint)
+            log.warning(
+                "another process is building feature cache %s; waiting for it", root / fingerprint
+            )
             fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -208,8 +215,13 @@ def _open_cache(folder: Path, fingerprint: str) -> FeatureSet:
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
         raise _BrokenCache(f"{type(err).__name__}: {err}") from None
     return FeatureSet(
-        frames=frames, offsets=offsets, labels=labels, filenames=filenames, texts=texts,
-        fps=float(fps[0]), fingerprint=fingerprint,
+        frames=frames,
+        offsets=offsets,
+        labels=labels,
+        filenames=filenames,
+        texts=texts,
+        fps=float(fps[0]),
+        fingerprint=fingerprint,
     )
 
 
@@ -217,7 +229,10 @@ def _build(paths: list[str], pattern: str, folder: Path, fingerprint: str) -> No
     """Decode every clip into folder, streaming frames to disk one clip at a time."""
     log.warning(
         "decoding %d TFRecord file(s) matching %r into the feature cache %s (once; later runs "
-        "memory-map it)", len(paths), pattern, folder.parent / fingerprint,
+        "memory-map it)",
+        len(paths),
+        pattern,
+        folder.parent / fingerprint,
     )
     start = time.perf_counter()
     offsets, labels, fps, filenames, texts = [0], [], [], [], []
@@ -249,7 +264,9 @@ def _build(paths: list[str], pattern: str, folder: Path, fingerprint: str) -> No
         if len(set(fps)) > 1:
             log.warning(
                 "clips matching %r were taken at different frame rates (%s); FeatureSet.fps "
-                "reports the first clip's", pattern, sorted(set(fps))[:5],
+                "reports the first clip's",
+                pattern,
+                sorted(set(fps))[:5],
             )
         np.savez(
             folder / META_FILE,
@@ -261,9 +278,15 @@ def _build(paths: list[str], pattern: str, folder: Path, fingerprint: str) -> No
         )
         seconds = time.perf_counter() - start
         manifest = {
-            "format": FORMAT_VERSION, "fingerprint": fingerprint, "clips": len(labels),
-            "frames": offsets[-1], "dim": dim, "dtype": "<f2", "pattern": pattern,
-            "sources": _describe_sources(paths), "decode_seconds": round(seconds, 3),
+            "format": FORMAT_VERSION,
+            "fingerprint": fingerprint,
+            "clips": len(labels),
+            "frames": offsets[-1],
+            "dim": dim,
+            "dtype": "<f2",
+            "pattern": pattern,
+            "sources": _describe_sources(paths),
+            "decode_seconds": round(seconds, 3),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
@@ -275,7 +298,12 @@ def _build(paths: list[str], pattern: str, folder: Path, fingerprint: str) -> No
     mb = sum(os.path.getsize(p) for p in paths) / 1e6
     log.info(
         "decoded %d clips (%d frames x %d) from %.0f MB in %.1f s (%.0f MB/s)",
-        len(labels), offsets[-1], dim, mb, seconds, mb / max(seconds, 1e-9),
+        len(labels),
+        offsets[-1],
+        dim,
+        mb,
+        seconds,
+        mb / max(seconds, 1e-9),
     )
 
 

@@ -24,13 +24,17 @@ def resolve_device(requested: str | None = "auto") -> str:
     except (RuntimeError, ValueError):
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        raise DeviceError(f"--device {requested!r} is not a device here; use cpu, cuda, cuda:N "
-                          "or auto")
+        raise DeviceError(
+            f"--device {requested!r} is not a device here; use cpu, cuda, cuda:N or auto"
+        )
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(f"--device {requested}: no CUDA GPU is visible here; "
-                              "use --device cpu")
+            raise DeviceError(
+                f"--device {requested}: no CUDA GPU is visible here; use --device cpu"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceError(f"--device {requested}: this machine has "
-                              f"{torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+            raise DeviceError(
+                f"--device {requested}: this machine has "
+                f"{torch.cuda.device_count()} CUDA GPU(s), numbered from 0"
+            )
     return requested

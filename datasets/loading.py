@@ -56,8 +56,9 @@ def open_split(
             f"{pattern!r} has {features.feature_dim}-d features but the model takes "
             f"{input_dim}-d; pass the data it was trained on with --data"
         )
-    return SplitData(features=features, parts=split_parts(features.filenames, split),
-                     pattern=pattern)
+    return SplitData(
+        features=features, parts=split_parts(features.filenames, split), pattern=pattern
+    )
 
 
 def create_loaders(
@@ -81,9 +82,16 @@ def create_loaders(
     made = {}
     for part in parts:
         train = part == "train"
-        made[part] = BatchLoader(data.features, data.parts[part], batch_size, stride=stride,
-                                 shuffle=train, bucket=bucket and train, seed=seed,
-                                 device=device)
+        made[part] = BatchLoader(
+            data.features,
+            data.parts[part],
+            batch_size,
+            stride=stride,
+            shuffle=train,
+            bucket=bucket and train,
+            seed=seed,
+            device=device,
+        )
     return made
 
 

@@ -95,7 +95,10 @@ def make_structure(seed: int, dim: int) -> Structure:
         orders += [perms[i] for i in rng.choice(len(perms), size=FAMILY_SIZE, replace=False)]
         family += 1
     return Structure(
-        prototypes=prototypes, event_basis=basis, look_basis=look_basis, base=base,
+        prototypes=prototypes,
+        event_basis=basis,
+        look_basis=look_basis,
+        base=base,
         orders=tuple(orders[:NUM_CLASSES]),
     )
 
@@ -138,8 +141,9 @@ def clip_features(
     if width > 1:
         kernel = np.ones(width, dtype=np.float32) / width
         padded = np.pad(weights, ((width // 2, width - 1 - width // 2), (0, 0)), mode="edge")
-        weights = np.stack([np.convolve(padded[:, j], kernel, "valid") for j in range(len(order))],
-                           axis=1)
+        weights = np.stack(
+            [np.convolve(padded[:, j], kernel, "valid") for j in range(len(order))], axis=1
+        )
     signal = np.zeros((length, dim), dtype=np.float32)
     for j, event in enumerate(order):  # elementwise, not BLAS: bytes independent of threading
         signal += weights[:, j, None] * structure.prototypes[event]
@@ -197,10 +201,16 @@ def write_synthetic(
 ) -> list[Path]:
     """Write synthetic UCF-101 shards into out_dir; return their paths in order."""
     if not 1 <= classes <= NUM_CLASSES:
-        raise DataError(f"classes must be 1..{NUM_CLASSES} (the first K UCF-101 classes), "
-                        f"got {classes}")
-    for name, value in (("clips_per_class", clips_per_class), ("frames", frames), ("dim", dim),
-                        ("shard_size", shard_size), ("workers", workers)):
+        raise DataError(
+            f"classes must be 1..{NUM_CLASSES} (the first K UCF-101 classes), got {classes}"
+        )
+    for name, value in (
+        ("clips_per_class", clips_per_class),
+        ("frames", frames),
+        ("dim", dim),
+        ("shard_size", shard_size),
+        ("workers", workers),
+    ):
         if value < 1:
             raise DataError(f"{name} must be >= 1, got {value}")
     if seed < 0:
@@ -209,8 +219,9 @@ def write_synthetic(
     out.mkdir(parents=True, exist_ok=True)
     plan = clip_plan(clips_per_class, classes)
     chunks = [plan[i : i + shard_size] for i in range(0, len(plan), shard_size)]
-    paths = [out / f"{SHARD_PREFIX}{i:05d}-of-{len(chunks):05d}.tfrecord"
-             for i in range(len(chunks))]
+    paths = [
+        out / f"{SHARD_PREFIX}{i:05d}-of-{len(chunks):05d}.tfrecord" for i in range(len(chunks))
+    ]
     # Shards of an earlier run with other arguments would mix into the same glob.
     for old in out.glob(f"{SHARD_PREFIX}*-of-*.tfrecord"):
         if old not in paths:
@@ -237,23 +248,41 @@ def main(argv: list[str] | None = None) -> int:
         "order-dependent classes, per-group looks).",
     )
     parser.add_argument("--out", required=True, help="folder for the shards (required)")
-    parser.add_argument("--clips-per-class", type=int, default=25,
-                        help="clips per class, spread over the 25 groups (default 25)")
-    parser.add_argument("--frames", type=int, default=250,
-                        help="frames per record; shorter clips are zero-padded (default 250)")
+    parser.add_argument(
+        "--clips-per-class",
+        type=int,
+        default=25,
+        help="clips per class, spread over the 25 groups (default 25)",
+    )
+    parser.add_argument(
+        "--frames",
+        type=int,
+        default=250,
+        help="frames per record; shorter clips are zero-padded (default 250)",
+    )
     parser.add_argument("--dim", type=int, default=2048, help="feature size (default 2048)")
-    parser.add_argument("--classes", type=int, default=NUM_CLASSES,
-                        help=f"use the first K UCF-101 classes (default {NUM_CLASSES})")
+    parser.add_argument(
+        "--classes",
+        type=int,
+        default=NUM_CLASSES,
+        help=f"use the first K UCF-101 classes (default {NUM_CLASSES})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--shard-size", type=int, default=200, help="clips per shard (default 200)")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="processes writing shards in parallel (default 2)")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="processes writing shards in parallel (default 2)"
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
         paths = write_synthetic(
-            args.out, clips_per_class=args.clips_per_class, frames=args.frames, dim=args.dim,
-            classes=args.classes, seed=args.seed, shard_size=args.shard_size,
+            args.out,
+            clips_per_class=args.clips_per_class,
+            frames=args.frames,
+            dim=args.dim,
+            classes=args.classes,
+            seed=args.seed,
+            shard_size=args.shard_size,
             workers=args.workers,
         )
     except UserError as err:

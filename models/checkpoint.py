@@ -41,8 +41,9 @@ def _plain(value: Any, where: str) -> Any:
     )
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, spec: ModelSpec,
-                    extra: dict | None = None) -> None:
+def save_checkpoint(
+    path: str | Path, model: nn.Module, spec: ModelSpec, extra: dict | None = None
+) -> None:
     """Write spec, the model's weights (on CPU) and extra to path, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,8 +61,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, spec: ModelSpec,
         tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
-                    ) -> tuple[nn.Module, ModelSpec, dict]:
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelSpec, dict]:
     """Return the rebuilt model (eval mode, on device), its spec and the extra metadata."""
     path = Path(path)
     if not path.is_file():

@@ -37,7 +37,8 @@ class Evaluation:
     # Per clip, in the loader's order (fixed when unshuffled): paired tests between models need it.
     correct: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # (examples,)
     clip_loss: np.ndarray = field(  # (examples,) float32 cross entropy
-        default_factory=lambda: np.zeros(0, dtype=np.float32))
+        default_factory=lambda: np.zeros(0, dtype=np.float32)
+    )
 
 
 @torch.no_grad()
@@ -117,20 +118,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("checkpoint", help="checkpoint file written by python -m models.train_cli")
-    parser.add_argument("--data", default=None,
-                        help=f"TFRecord glob (default: the checkpoint's, else {DEFAULT_PATTERN})")
-    parser.add_argument("--part", choices=("test", "val", "train"), default="test",
-                        help="which part of the split to score")
-    parser.add_argument("--split", type=int, choices=(1, 2, 3), default=None,
-                        help="official split (default: the checkpoint's, else 1)")
-    parser.add_argument("--val-groups", type=int, default=None,
-                        help="training groups held out for validation (default: the checkpoint's, "
-                        "else 4)")
-    parser.add_argument("--stride", type=int, default=None,
-                        help="keep every n-th frame (default: the checkpoint's, else 1)")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help=f"TFRecord glob (default: the checkpoint's, else {DEFAULT_PATTERN})",
+    )
+    parser.add_argument(
+        "--part",
+        choices=("test", "val", "train"),
+        default="test",
+        help="which part of the split to score",
+    )
+    parser.add_argument(
+        "--split",
+        type=int,
+        choices=(1, 2, 3),
+        default=None,
+        help="official split (default: the checkpoint's, else 1)",
+    )
+    parser.add_argument(
+        "--val-groups",
+        type=int,
+        default=None,
+        help="training groups held out for validation (default: the checkpoint's, else 4)",
+    )
+    parser.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        help="keep every n-th frame (default: the checkpoint's, else 1)",
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="clips per batch")
-    parser.add_argument("--device", default="auto",
-                        help="'auto' (cuda if available), 'cpu' or 'cuda'")
+    parser.add_argument(
+        "--device", default="auto", help="'auto' (cuda if available), 'cpu' or 'cuda'"
+    )
     parser.add_argument("--cache-dir", default="data/cache", help="decoded-feature cache folder")
     parser.add_argument("--worst", type=int, default=10, help="how many worst classes to list")
     args = parser.parse_args(argv)
@@ -142,25 +163,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         split = open_split(
             args.data or trained.get("pattern", DEFAULT_PATTERN),
             cache_dir=args.cache_dir,
-            split=SplitSpec(split=args.split or trained.get("split", 1),
-                            val_groups=args.val_groups if args.val_groups is not None
-                            else trained.get("val_groups", 4),
-                            seed=trained.get("split_seed", 0)),
+            split=SplitSpec(
+                split=args.split or trained.get("split", 1),
+                val_groups=args.val_groups
+                if args.val_groups is not None
+                else trained.get("val_groups", 4),
+                seed=trained.get("split_seed", 0),
+            ),
             input_dim=spec.input_dim,
         )
-        (loader,) = create_loaders(split, (args.part,), batch_size=args.batch_size,
-                                   stride=args.stride or trained.get("stride", 1),
-                                   device=device).values()
+        (loader,) = create_loaders(
+            split,
+            (args.part,),
+            batch_size=args.batch_size,
+            stride=args.stride or trained.get("stride", 1),
+            device=device,
+        ).values()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     ev = evaluate(model, loader, device)
     data = split.features
     names = dict(zip(data.labels.tolist(), data.texts, strict=True))
-    print(f"checkpoint: {args.checkpoint} ({spec.kind}"
-          + (f" {spec.cell} {spec.layers}x{spec.hidden}" if spec.kind == "rnn" else "") + ")")
-    print(f"{args.part}: {ev.examples} clips  top-1 {ev.top1:.4f}  top-5 {ev.top5:.4f}  "
-          f"loss {ev.loss:.4f}")
+    print(
+        f"checkpoint: {args.checkpoint} ({spec.kind}"
+        + (f" {spec.cell} {spec.layers}x{spec.hidden}" if spec.kind == "rnn" else "")
+        + ")"
+    )
+    print(
+        f"{args.part}: {ev.examples} clips  top-1 {ev.top1:.4f}  top-5 {ev.top5:.4f}  "
+        f"loss {ev.loss:.4f}"
+    )
     print(f"worst {args.worst} classes:")
     for c, acc, hit, n in worst_classes(ev, args.worst):
         print(f"  {c:4d} {names.get(c, '?'):<24} {acc:.3f} ({hit}/{n})")

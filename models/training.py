@@ -150,8 +150,9 @@ class _StepLog:
         self._figures: list[Tensor] = []
         self._meta: list[tuple[int, int, int]] = []
 
-    def add(self, step: int, epoch_step: int, loss: Tensor, norm: Tensor, correct: Tensor,
-            size: int) -> None:
+    def add(
+        self, step: int, epoch_step: int, loss: Tensor, norm: Tensor, correct: Tensor, size: int
+    ) -> None:
         self._figures.append(torch.stack([loss.detach().float(), norm.float(), correct.float()]))
         self._meta.append((step, epoch_step, size))
 
@@ -159,8 +160,10 @@ class _StepLog:
         if not self._figures:
             return []
         rows = torch.stack(self._figures).tolist()  # (steps, 3); the one sync
-        steps = [_Step(s, e, loss, norm, hits, n)
-                 for (s, e, n), (loss, norm, hits) in zip(self._meta, rows, strict=True)]
+        steps = [
+            _Step(s, e, loss, norm, hits, n)
+            for (s, e, n), (loss, norm, hits) in zip(self._meta, rows, strict=True)
+        ]
         self._figures, self._meta = [], []
         return steps
 
@@ -187,8 +190,10 @@ def _check_finite(
                     epoch=epoch,
                     step=s.step,
                 )
-        for what, value, limit in (("gradient norm", s.grad_norm, explode_grad_norm),
-                                   ("loss", s.loss, explode_loss)):
+        for what, value, limit in (
+            ("gradient norm", s.grad_norm, explode_grad_norm),
+            ("loss", s.loss, explode_loss),
+        ):
             if value > limit:
                 raise TrainingDiverged(
                     f"{what} exploded to {value:.3g} (limit {limit:.3g}) at epoch {epoch} "
@@ -244,8 +249,9 @@ def _deterministic_on_cpu(device: torch.device) -> Iterator[None]:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
-def _forward_loss(model: nn.Module, features: Tensor, lengths: Tensor, labels: Tensor,
-                  frame_level: bool) -> tuple[Tensor, Tensor]:
+def _forward_loss(
+    model: nn.Module, features: Tensor, lengths: Tensor, labels: Tensor, frame_level: bool
+) -> tuple[Tensor, Tensor]:
     """Return clip logits (batch, num_classes + 1) and the training loss."""
     if frame_level:
         frames = model.frame_logits(features, lengths)  # (batch, time, num_classes + 1)
@@ -309,8 +315,9 @@ def train(
                 lengths = batch.lengths.to(device, non_blocking=True)  # (batch,)
                 labels = batch.labels.to(device, non_blocking=True)  # (batch,)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits, loss = _forward_loss(model, features, lengths, labels,
-                                                 config.frame_level)
+                    logits, loss = _forward_loss(
+                        model, features, lengths, labels, config.frame_level
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -334,8 +341,15 @@ def train(
                 if report:
                     now = time.perf_counter()
                     size, mean_loss, top1 = _summary(done[window_from:])
-                    on_step(StepResult(step=step, epoch=epoch, loss=mean_loss, top1=top1,
-                                       examples_per_s=size / (now - window_start)))
+                    on_step(
+                        StepResult(
+                            step=step,
+                            epoch=epoch,
+                            loss=mean_loss,
+                            top1=top1,
+                            examples_per_s=size / (now - window_start),
+                        )
+                    )
                     window_start, window_from = now, len(done)
             new = log.read()
             _check_finite(new, epoch, config.explode_grad_norm, config.explode_loss)
@@ -368,23 +382,40 @@ def train(
             logger.info(
                 "epoch %d: train loss %.4f top-1 %.3f | val loss %.4f top-1 %.3f top-5 %.3f | "
                 "%.0f examples/s, max grad norm %.3g",
-                epoch, result.train_loss, result.train_top1, result.val_loss, result.val_top1,
-                result.val_top5, result.examples_per_s, result.max_grad_norm,
+                epoch,
+                result.train_loss,
+                result.train_top1,
+                result.val_loss,
+                result.val_top1,
+                result.val_top5,
+                result.examples_per_s,
+                result.max_grad_norm,
             )
             # without validation every epoch is the newest best: the last one is the result
-            if val_loader is None or best is None or (result.val_top1, -result.val_loss) > (
-                best.val_top1, -best.val_loss
+            if (
+                val_loader is None
+                or best is None
+                or (result.val_top1, -result.val_loss) > (best.val_top1, -best.val_loss)
             ):
                 best = result
-                best_state = {k: v.detach().to("cpu", copy=True)
-                              for k, v in model.state_dict().items()}
+                best_state = {
+                    k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+                }
             if on_epoch is not None:
                 on_epoch(result)  # may raise (optuna.TrialPruned): it propagates
-            if (val_loader is not None and config.patience and epoch < config.epochs
-                    and epoch - best.epoch >= config.patience):
+            if (
+                val_loader is not None
+                and config.patience
+                and epoch < config.epochs
+                and epoch - best.epoch >= config.patience
+            ):
                 stopped_early = True
-                logger.info("stopping after epoch %d: no better validation since epoch %d "
-                            "(patience %d)", epoch, best.epoch, config.patience)
+                logger.info(
+                    "stopping after epoch %d: no better validation since epoch %d (patience %d)",
+                    epoch,
+                    best.epoch,
+                    config.patience,
+                )
                 break
 
     assert best is not None  # epochs >= 1

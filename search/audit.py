@@ -48,9 +48,12 @@ def diverged(trial: FrozenTrial) -> bool:
 def auditable(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     """Return the trials the pruner stopped (pruned, not diverged, with a recorded seed)."""
     return [
-        t for t in trials
-        if t.state == TrialState.PRUNED and not diverged(t)
-        and isinstance(t.user_attrs.get("manifest"), dict) and "seed" in t.user_attrs["manifest"]
+        t
+        for t in trials
+        if t.state == TrialState.PRUNED
+        and not diverged(t)
+        and isinstance(t.user_attrs.get("manifest"), dict)
+        and "seed" in t.user_attrs["manifest"]
     ]
 
 
@@ -83,9 +86,12 @@ def rerun(trial: FrozenTrial, settings: TrialSettings) -> dict[str, Any]:
     except TrainingDiverged as exc:  # it would have been stopped anyway: it counts as no loss
         record.update(final_value=None, epochs=exc.epoch, diverged=exc.reason)
     else:
-        record.update(final_value=result.best_val_top1, epochs=len(result.epochs),
-                      best_epoch=result.best_epoch,
-                      curve=[round(e.val_top1, 6) for e in result.epochs])
+        record.update(
+            final_value=result.best_val_top1,
+            epochs=len(result.epochs),
+            best_epoch=result.best_epoch,
+            curve=[round(e.val_top1, 6) for e in result.epochs],
+        )
     record["wall_s"] = round(time.perf_counter() - started, 3)
     return record
 
@@ -101,8 +107,10 @@ def audit_study(
     trials = study.get_trials(deepcopy=False)
     complete = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     if not complete:
-        raise StudyError(f"study {study.study_name!r} has no completed trial to compare "
-                         "pruned re-runs with; run more trials before the audit")
+        raise StudyError(
+            f"study {study.study_name!r} has no completed trial to compare "
+            "pruned re-runs with; run more trials before the audit"
+        )
     median, best = statistics.median(complete), max(complete)
     pool = auditable(trials)
     chosen = sample_trials(pool, sample, seed)

@@ -31,7 +31,11 @@ class BestCheckpoint:
         self._lock = threading.Lock()
 
     def offer(
-        self, study: optuna.Study, trial_number: int, value: float, model: nn.Module,
+        self,
+        study: optuna.Study,
+        trial_number: int,
+        value: float,
+        model: nn.Module,
         spec: ModelSpec,
     ) -> bool:
         """Save the model if its value beats the one best.pt holds; return whether it did."""
@@ -57,7 +61,11 @@ class BestCheckpoint:
         return None if value is None else float(value)
 
     def save(
-        self, trial_number: int, value: float, model: nn.Module, spec: ModelSpec,
+        self,
+        trial_number: int,
+        value: float,
+        model: nn.Module,
+        spec: ModelSpec,
         study_name: str | None = None,
     ) -> None:
         """Write the model as this study's best checkpoint (unconditionally, atomically)."""
@@ -71,8 +79,14 @@ class BestCheckpoint:
         model, spec, extra = load_checkpoint(self.path)
         return (model, spec) if extra.get("trial_number") == trial_number else None
 
-    def _write(self, study_name: str | None, trial_number: int, value: float,
-               model: nn.Module, spec: ModelSpec) -> None:
+    def _write(
+        self,
+        study_name: str | None,
+        trial_number: int,
+        value: float,
+        model: nn.Module,
+        spec: ModelSpec,
+    ) -> None:
         extra = {"trial_number": trial_number, "value": float(value)}
         if study_name is not None:
             extra["study"] = study_name

@@ -44,8 +44,12 @@ def decode_loss(text: str) -> np.ndarray:
 
 def outcome_attrs(epoch: int, correct: np.ndarray, loss: np.ndarray) -> dict[str, Any]:
     """Return the user attr (one key) that records one epoch's per-clip outcomes."""
-    return {OUTCOMES_KEY.format(epoch=epoch): {"correct": encode_correct(correct),
-                                                "loss": encode_loss(loss)}}
+    return {
+        OUTCOMES_KEY.format(epoch=epoch): {
+            "correct": encode_correct(correct),
+            "loss": encode_loss(loss),
+        }
+    }
 
 
 def is_outcome_key(key: str) -> bool:

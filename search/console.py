@@ -53,14 +53,17 @@ def summary(
     lines = [
         "",
         f"study {study.study_name!r}: {len(trials)} trials "
-        + "(" + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) + ")"
+        + "("
+        + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
+        + ")"
         + f", this run {wall_s:.0f}s, ended by {outcome}",
     ]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
         best = study.best_trial
-        lines.append(f"best trial {best.number}: val_top1={best.value:.4f}  "
-                     f"{format_params(best.params)}")
+        lines.append(
+            f"best trial {best.number}: val_top1={best.value:.4f}  {format_params(best.params)}"
+        )
     else:
         lines.append("no trial has completed yet")
     final = study.user_attrs.get("final")
@@ -71,8 +74,10 @@ def summary(
     if baseline and baseline.get("diverged"):
         lines.append(f"bag-of-frames baseline: diverged ({baseline['diverged']})")
     elif baseline:
-        lines.append(f"bag-of-frames baseline: val_top1={baseline['bag_of_frames_val_top1']:.4f} "
-                     f"test_top1={baseline['bag_of_frames_test_top1']:.4f}")
+        lines.append(
+            f"bag-of-frames baseline: val_top1={baseline['bag_of_frames_val_top1']:.4f} "
+            f"test_top1={baseline['bag_of_frames_test_top1']:.4f}"
+        )
     lines.append(f"storage: {redact_url(storage_url)}")
     lines.extend(f"{k}: {v}" for k, v in where.items())
     lines.append(f"watch it: {dashboard_cmd}")

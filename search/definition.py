@@ -155,8 +155,9 @@ def parse_definition(raw: dict[str, Any], where: str = "study definition") -> St
         name=name,
         space=space,
         data=_section(DataSpec, raw.get("data"), f"{where}: data"),
-        train=_section(TrainSpec, _train_aliases(raw.get("train"), f"{where}: train"),
-                       f"{where}: train"),
+        train=_section(
+            TrainSpec, _train_aliases(raw.get("train"), f"{where}: train"), f"{where}: train"
+        ),
         pruner=_section(PrunerSpec, raw.get("pruner"), f"{where}: pruner"),
         sampler=_section(SamplerSpec, raw.get("sampler"), f"{where}: sampler"),
         tracking=_section(TrackingSpec, raw.get("tracking"), f"{where}: tracking"),

@@ -88,8 +88,11 @@ def _refit(
         refit = refit_and_score(params, settings, seed, epochs)
     except TrainingDiverged as exc:  # recorded, not fatal: the search model's score stands
         return {"epochs": epochs, "train_clips": None, "test": None, "diverged": exc.reason}
-    return {"epochs": refit.epochs, "train_clips": refit.train_clips,
-            "test": evaluation_dict(refit.test)}
+    return {
+        "epochs": refit.epochs,
+        "train_clips": refit.train_clips,
+        "test": evaluation_dict(refit.test),
+    }
 
 
 def _store(study: optuna.Study, final: dict[str, Any], runs_dir: Path) -> None:
@@ -110,26 +113,38 @@ def score_baseline(study: optuna.Study, settings: TrialSettings) -> dict[str, An
     if known:
         return known
     features = settings.data.features
-    spec = ModelSpec(kind="bag", input_dim=features.feature_dim,
-                     num_classes=settings.data.num_classes)
+    spec = ModelSpec(
+        kind="bag", input_dim=features.feature_dim, num_classes=settings.data.num_classes
+    )
     params = {"batch_size": 64, "stride": 1}
-    config = TrainConfig(lr=BASELINE_LR, clip_norm=10.0, epochs=settings.epochs,
-                         patience=settings.definition.train.patience,
-                         seed=settings.seed, device=settings.device)
+    config = TrainConfig(
+        lr=BASELINE_LR,
+        clip_norm=10.0,
+        epochs=settings.epochs,
+        patience=settings.definition.train.patience,
+        seed=settings.seed,
+        device=settings.device,
+    )
     model = build_model(spec)
     train_loader, val_loader, test_loader = loaders(
-        params, settings, settings.seed, ("train", "val", "test"))
+        params, settings, settings.seed, ("train", "val", "test")
+    )
     try:
         result = train(model, train_loader, val_loader, config)
     except TrainingDiverged as exc:  # a reference point that failed is recorded, not fatal
-        baseline = {"bag_of_frames_val_top1": None, "bag_of_frames_test_top1": None,
-                    "diverged": f"epoch {exc.epoch}: {exc.reason}"}
+        baseline = {
+            "bag_of_frames_val_top1": None,
+            "bag_of_frames_test_top1": None,
+            "diverged": f"epoch {exc.epoch}: {exc.reason}",
+        }
         study.set_user_attr("baseline", baseline)
         return baseline
     # train() has left the best epoch's weights in the model.
     test = evaluate(model, test_loader, device=settings.device)
-    baseline = {"bag_of_frames_val_top1": result.best_val_top1,
-                "bag_of_frames_test_top1": test.top1}
+    baseline = {
+        "bag_of_frames_val_top1": result.best_val_top1,
+        "bag_of_frames_test_top1": test.top1,
+    }
     study.set_user_attr("baseline", baseline)
     return baseline
 
@@ -147,5 +162,11 @@ def _retrain(
 def evaluation_dict(e: Evaluation) -> dict[str, Any]:
     """Return an Evaluation as plain JSON (nan per-class accuracies as null)."""
     per_class = [None if np.isnan(v) else float(v) for v in e.per_class]
-    return {"loss": float(e.loss), "top1": float(e.top1), "top5": float(e.top5),
-            "per_class": per_class, "confusion": e.confusion.tolist(), "examples": e.examples}
+    return {
+        "loss": float(e.loss),
+        "top1": float(e.top1),
+        "top5": float(e.top5),
+        "per_class": per_class,
+        "confusion": e.confusion.tolist(),
+        "examples": e.examples,
+    }

@@ -83,9 +83,15 @@ def loaders(
     params: dict[str, Any], settings: TrialSettings, seed: int, parts: tuple[str, ...]
 ) -> list[BatchLoader]:
     """Return one batch loader per split part, in the order asked; training shuffles and buckets."""
-    made = create_loaders(settings.data, parts, batch_size=int(params.get("batch_size", 64)),
-                          stride=int(params.get("stride", 1)), seed=seed,
-                          device=settings.device, bucket=True)
+    made = create_loaders(
+        settings.data,
+        parts,
+        batch_size=int(params.get("batch_size", 64)),
+        stride=int(params.get("stride", 1)),
+        seed=seed,
+        device=settings.device,
+        bucket=True,
+    )
     return [made[part] for part in parts]
 
 
@@ -113,9 +119,11 @@ def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Even
         "trial_number": trial.number,
     }
     # The W&B run opens first, so that whatever goes wrong from here on is recorded in it.
-    with (TrialRun(settings.tracking, trial.number, run_config) as run,
-          _own_stream(settings.device, settings.trial_streams),
-          _out_of_memory_fails(trial, run, settings.device)):
+    with (
+        TrialRun(settings.tracking, trial.number, run_config) as run,
+        _own_stream(settings.device, settings.trial_streams),
+        _out_of_memory_fails(trial, run, settings.device),
+    ):
         trial.set_user_attr("wandb_run", run.path)
         spec = model_spec(params, settings)
         with seeded(seed):
@@ -127,8 +135,12 @@ def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Even
             if stop.is_set():
                 raise TrialInterrupted(f"interrupted at epoch {step.epoch} step {step.step}")
             run.log_step(
-                {"train/loss": step.loss, "train/top1": step.top1,
-                 "train/examples_per_s": step.examples_per_s, "epoch": step.epoch},
+                {
+                    "train/loss": step.loss,
+                    "train/top1": step.top1,
+                    "train/examples_per_s": step.examples_per_s,
+                    "epoch": step.epoch,
+                },
                 step=step.step,
             )
 
@@ -142,8 +154,9 @@ def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Even
                 val_labels = settings.data.features.labels[settings.data.parts["val"]]
                 trial.set_user_attr(CLASSES_KEY, len(np.unique(val_labels)))
             if result.val_correct is not None and result.val_clip_loss is not None:
-                for key, value in outcome_attrs(result.epoch, result.val_correct,
-                                                result.val_clip_loss).items():
+                for key, value in outcome_attrs(
+                    result.epoch, result.val_correct, result.val_clip_loss
+                ).items():
                     trial.set_user_attr(key, value)
             trial.report(result.val_top1, result.epoch)
             trial.set_user_attr("epochs_run", result.epoch)
@@ -154,8 +167,14 @@ def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Even
             if result.epoch < settings.epochs and trial.should_prune():
                 reason = explain_prune(trial, result.epoch, best_so_far)
                 trial.set_user_attr("prune_reason", reason)
-                run.finish("pruned", {"pruned_epoch": result.epoch, "best_val_top1": best_so_far,
-                                      **_prefixed(reason)})
+                run.finish(
+                    "pruned",
+                    {
+                        "pruned_epoch": result.epoch,
+                        "best_val_top1": best_so_far,
+                        **_prefixed(reason),
+                    },
+                )
                 raise optuna.TrialPruned(reason["text"])
 
         def finish_as(state: str, summary: dict[str, Any]) -> None:
@@ -163,8 +182,14 @@ def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Even
             run.finish(state, summary)
 
         try:
-            result = train(model, train_loader, val_loader, train_config(params, settings, seed),
-                           on_epoch=on_epoch, on_step=on_step)
+            result = train(
+                model,
+                train_loader,
+                val_loader,
+                train_config(params, settings, seed),
+                on_epoch=on_epoch,
+                on_step=on_step,
+            )
         except TrainingDiverged as exc:
             reason = {"epoch": exc.epoch, "text": exc.reason}
             trial.set_user_attr("prune_reason", reason)
@@ -181,10 +206,10 @@ def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Even
         # train() has left the best epoch's weights in the model.
         if settings.checkpoint.offer(trial.study, trial.number, result.best_val_top1, model, spec):
             _attach_artifacts(trial, model, val_loader, settings)
-        finish_as("complete", {"best_val_top1": result.best_val_top1,
-                               "best_epoch": result.best_epoch})
+        finish_as(
+            "complete", {"best_val_top1": result.best_val_top1, "best_epoch": result.best_epoch}
+        )
     return result.best_val_top1
-
 
 
 def _own_stream(device: str, enabled: bool = True) -> contextlib.AbstractContextManager:
@@ -229,8 +254,9 @@ def _attach_artifacts(
     confusion = evaluate(model, val_loader, device=settings.device).confusion
     png = settings.artifact_dir.parent / f"trial-{trial.number}-val-confusion.png"
     render_confusion_png(confusion, settings.data.class_names, png)
-    attach_best_artifacts(trial.study, trial, [png, settings.checkpoint.path],
-                          settings.artifact_dir)
+    attach_best_artifacts(
+        trial.study, trial, [png, settings.checkpoint.path], settings.artifact_dir
+    )
 
 
 def _epoch_metrics(r: EpochResult) -> dict[str, float]:
@@ -248,4 +274,3 @@ def _epoch_metrics(r: EpochResult) -> dict[str, float]:
 
 def _prefixed(reason: dict[str, Any]) -> dict[str, Any]:
     return {f"prune/{k}": v for k, v in reason.items()}
-

@@ -70,11 +70,20 @@ class Verdict:
             f"gap {self.gap:.3g} {unit} beats noise {self.noise:.3g}"
         )
         fields = {
-            "kind": "paired", "epoch": self.epoch, "metric": self.metric, "value": self.value,
-            "reference_value": self.reference_value, "reference_trial": self.reference_number,
-            "test": self.test, "p": self.p, "alpha": self.alpha, "gap": self.gap,
-            "noise": self.noise, "clips": self.clips,
-            "reference_chance_p": self.reference_chance_p, "text": text,
+            "kind": "paired",
+            "epoch": self.epoch,
+            "metric": self.metric,
+            "value": self.value,
+            "reference_value": self.reference_value,
+            "reference_trial": self.reference_number,
+            "test": self.test,
+            "p": self.p,
+            "alpha": self.alpha,
+            "gap": self.gap,
+            "noise": self.noise,
+            "clips": self.clips,
+            "reference_chance_p": self.reference_chance_p,
+            "text": text,
         }
         if self.metric == "top1":
             fields.update(b=self.b, c=self.c)
@@ -96,11 +105,20 @@ def _score(outcome: np.ndarray) -> float:
 class PairedPruner(optuna.pruners.BasePruner):
     """Prune a trial only when a paired test on the same clips finds it worse than a reference."""
 
-    def __init__(self, *, metric: str = "top1", reference: str = "median", alpha: float = 0.001,
-                 startup_trials: int = 5, warmup_epochs: int = 2) -> None:
+    def __init__(
+        self,
+        *,
+        metric: str = "top1",
+        reference: str = "median",
+        alpha: float = 0.001,
+        startup_trials: int = 5,
+        warmup_epochs: int = 2,
+    ) -> None:
         if metric not in METRICS or reference not in REFERENCES or not 0 < alpha < 1:
-            raise ValueError(f"PairedPruner: metric {metric!r}, reference {reference!r} or "
-                             f"alpha {alpha!r} is not one of {METRICS}, {REFERENCES}, (0, 1)")
+            raise ValueError(
+                f"PairedPruner: metric {metric!r}, reference {reference!r} or "
+                f"alpha {alpha!r} is not one of {METRICS}, {REFERENCES}, (0, 1)"
+            )
         self.metric, self.reference, self.alpha = metric, reference, alpha
         self.startup_trials, self.warmup_epochs = startup_trials, warmup_epochs
         self._verdicts: dict[int, Verdict] = {}  # by trial number: the reason for the objective
@@ -144,8 +162,9 @@ class PairedPruner(optuna.pruners.BasePruner):
         # Higher is better for top-1, lower for loss; ties go to the lower trial number.
         sign = 1.0 if self.metric == "top1" else -1.0
         peers.sort(key=lambda p: (sign * _score(p[1]), -p[0].number))
-        ref, theirs, ref_correct = peers[-1] if self.reference == "best" else peers[
-            (len(peers) - 1) // 2]
+        ref, theirs, ref_correct = (
+            peers[-1] if self.reference == "best" else peers[(len(peers) - 1) // 2]
+        )
         # Above chance: the reference's right answers against guessing one of the classes.
         chance_p = binom_upper_tail(int(ref_correct.sum()), len(ref_correct), 1 / classes)
         if self.metric == "top1":
@@ -160,8 +179,18 @@ class PairedPruner(optuna.pruners.BasePruner):
             test, extra = "one-sided Wilcoxon signed-rank", {"z": z}
         prune = p < self.alpha and chance_p < self.alpha and gap > 0
         return Verdict(
-            prune=prune, epoch=epoch, metric=self.metric, value=_score(mine),
-            reference_value=_score(theirs), reference_number=ref.number,
-            test=test, p=p, alpha=self.alpha, gap=gap, noise=noise, clips=len(mine),
-            reference_chance_p=chance_p, **extra,
+            prune=prune,
+            epoch=epoch,
+            metric=self.metric,
+            value=_score(mine),
+            reference_value=_score(theirs),
+            reference_number=ref.number,
+            test=test,
+            p=p,
+            alpha=self.alpha,
+            gap=gap,
+            noise=noise,
+            clips=len(mine),
+            reference_chance_p=chance_p,
+            **extra,
         )

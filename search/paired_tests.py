@@ -20,8 +20,14 @@ def binom_upper_tail(k: int, n: int, p: float = 0.5) -> float:
     if p == 0.5:  # exact integer arithmetic: no rounding at all
         return sum(math.comb(n, i) for i in range(k, n + 1)) / 2**n
     log_p, log_q = math.log(p), math.log1p(-p)
-    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
-             + i * log_p + (n - i) * log_q for i in range(k, n + 1)]
+    terms = [
+        math.lgamma(n + 1)
+        - math.lgamma(i + 1)
+        - math.lgamma(n - i + 1)
+        + i * log_p
+        + (n - i) * log_q
+        for i in range(k, n + 1)
+    ]
     top = max(terms)
     return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
 

@@ -46,20 +46,23 @@ def evaluate_splits(
     per_split = []
     for split in splits:
         started = time.perf_counter()
-        spec = SplitSpec(split=split, val_groups=data_spec.val_groups,
-                         lists_dir=data_spec.lists_dir)
+        spec = SplitSpec(
+            split=split, val_groups=data_spec.val_groups, lists_dir=data_spec.lists_dir
+        )
         parts = split_parts(settings.data.features.filenames, spec)
         refit = refit_and_score(params, settings, seed, epochs, parts)
         low, high = bootstrap_interval(refit.test.correct, draws, seed=split)
-        per_split.append({
-            "split": split,
-            "top1": float(refit.test.top1),
-            "top5": float(refit.test.top5),
-            "interval95": [low, high],
-            "train_clips": refit.train_clips,
-            "test_clips": int(refit.test.examples),
-            "wall_s": round(time.perf_counter() - started, 3),
-        })
+        per_split.append(
+            {
+                "split": split,
+                "top1": float(refit.test.top1),
+                "top5": float(refit.test.top5),
+                "interval95": [low, high],
+                "train_clips": refit.train_clips,
+                "test_clips": int(refit.test.examples),
+                "wall_s": round(time.perf_counter() - started, 3),
+            }
+        )
     scores = [s["top1"] for s in per_split]
     return {
         "params": params,

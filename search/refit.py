@@ -45,7 +45,8 @@ def refit_and_score(
     # The objective's own builders, pointed at the merged parts: the same model, batches
     # and optimiser settings a trial of these params gets.
     refit_settings = dataclasses.replace(
-        settings, data=dataclasses.replace(settings.data, parts=merged))
+        settings, data=dataclasses.replace(settings.data, parts=merged)
+    )
     config = dataclasses.replace(train_config(params, refit_settings, seed), epochs=epochs)
     with seeded(seed):
         model = build_model(model_spec(params, refit_settings))

@@ -72,8 +72,13 @@ def render_report(study: optuna.Study) -> str:
         _plot_section(plots, "optimization_history", "Optimization history", height=420),
         _curves_section(trials),
         _plot_section(plots, "param_importances", "Parameter importances", height=360),
-        _plot_section(plots, "parallel_coordinate", "Parallel coordinates", height=460,
-                      scope=" (completed trials)"),
+        _plot_section(
+            plots,
+            "parallel_coordinate",
+            "Parallel coordinates",
+            height=460,
+            scope=" (completed trials)",
+        ),
         _plot_section(plots, "slice", "Slice plots", height=400, scope=" (completed trials)"),
         _test_section(attrs.get("final")),
         _protocol_section(attrs.get("protocol")),
@@ -149,8 +154,9 @@ def _summary_section(study: optuna.Study, best: FrozenTrial | None, attrs: dict[
             score_rows.append(("checkpoint", _fmt(final["checkpoint"])))
         right = "<h3>Test split</h3>" + _kv_table(score_rows)
         if isinstance(refit, dict) and refit.get("diverged"):
-            right += _note("The refit on all training groups diverged: "
-                           + html.escape(str(refit["diverged"])))
+            right += _note(
+                "The refit on all training groups diverged: " + html.escape(str(refit["diverged"]))
+            )
         elif isinstance(refit, dict) and isinstance(refit.get("test"), dict):
             right += _note(
                 f"Search model: the best trial's weights, trained on the training groups only. "
@@ -184,9 +190,7 @@ def _summary_section(study: optuna.Study, best: FrozenTrial | None, attrs: dict[
     return _card("Best configuration", f'<div class="cols"><div>{left}</div><div>{right}</div>')
 
 
-def _plot_section(
-    plots: StudyPlots, name: str, title: str, *, height: int, scope: str = ""
-) -> str:
+def _plot_section(plots: StudyPlots, name: str, title: str, *, height: int, scope: str = "") -> str:
     """Return the card of one Optuna plot (title + scope), or of why it is not drawn yet."""
     fig = plots.figures.get(name)
     if fig is None:
@@ -270,14 +274,23 @@ def _test_section(final: Any) -> str:
 def _protocol_section(protocol: Any) -> str:
     title = "UCF-101 protocol: the best configuration on each official split"
     if not isinstance(protocol, dict) or not protocol.get("splits"):
-        return _card(title, _note(
-            "Not run: <code>python run_study.py evaluate --splits 1 2 3</code> refits the best "
-            "configuration on each split's training groups and scores its test groups."))
+        return _card(
+            title,
+            _note(
+                "Not run: <code>python run_study.py evaluate --splits 1 2 3</code> refits the best "
+                "configuration on each split's training groups and scores its test groups."
+            ),
+        )
     rows = []
     for s in protocol["splits"]:
         low, high = (s.get("interval95") or [None, None])[:2]
-        cells = [str(s.get("split")), _pct(s.get("top1")), f"{_pct(low)} - {_pct(high)}",
-                 _fmt(s.get("train_clips")), _fmt(s.get("test_clips"))]
+        cells = [
+            str(s.get("split")),
+            _pct(s.get("top1")),
+            f"{_pct(low)} - {_pct(high)}",
+            _fmt(s.get("train_clips")),
+            _fmt(s.get("test_clips")),
+        ]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     table = (
         '<table class="grid"><thead><tr><th>split</th><th>test top-1</th>'
@@ -285,51 +298,76 @@ def _protocol_section(protocol: Any) -> str:
         "<tbody>" + "".join(rows) + "</tbody></table>"
     )
     mean, std = protocol.get("mean_top1"), protocol.get("std_top1")
-    summary = _kv_table([
-        ("trial", f"#{protocol.get('trial_number', '?')}"),
-        ("epochs per refit", _fmt(protocol.get("epochs"))),
-        (f"mean over {len(protocol['splits'])} splits",
-         f"{_pct(mean)} ± {float(std) * 100:.1f} points (std)" if _is_number(std) else _pct(mean)),
-    ])
-    return _card(title, summary + table + '<p class="caption">Intervals: percentile bootstrap '
-                 f"over the test clips, {html.escape(_fmt(protocol.get('bootstrap_draws')))} "
-                 "draws.</p>")
+    summary = _kv_table(
+        [
+            ("trial", f"#{protocol.get('trial_number', '?')}"),
+            ("epochs per refit", _fmt(protocol.get("epochs"))),
+            (
+                f"mean over {len(protocol['splits'])} splits",
+                f"{_pct(mean)} ± {float(std) * 100:.1f} points (std)"
+                if _is_number(std)
+                else _pct(mean),
+            ),
+        ]
+    )
+    return _card(
+        title,
+        summary + table + '<p class="caption">Intervals: percentile bootstrap '
+        f"over the test clips, {html.escape(_fmt(protocol.get('bootstrap_draws')))} "
+        "draws.</p>",
+    )
 
 
 def _audit_section(audit: Any) -> str:
     title = "Pruning audit: pruned trials re-run to their full budget"
     if not isinstance(audit, dict):
-        return _card(title, _note(
-            "Not run: <code>python run_study.py audit --sample 10</code> re-runs a sample of "
-            "pruned trials without pruning and counts how many would have beaten the median."))
+        return _card(
+            title,
+            _note(
+                "Not run: <code>python run_study.py audit --sample 10</code> re-runs a sample of "
+                "pruned trials without pruning and counts how many would have beaten the median."
+            ),
+        )
     reruns = audit.get("reruns") or []
     if not reruns:
         return _card(title, _note("The study had no pruned trial to audit."))
     rows = []
     for r in reruns:
         final = r.get("final_value")
-        cells = [f"#{r.get('trial_number')}", _fmt(r.get("pruned_epoch")),
-                 _pct(r.get("value_when_pruned")),
-                 "diverged" if final is None else _pct(final), _fmt(r.get("epochs")),
-                 "yes" if r.get("beat_median") else "no", "yes" if r.get("beat_best") else "no"]
+        cells = [
+            f"#{r.get('trial_number')}",
+            _fmt(r.get("pruned_epoch")),
+            _pct(r.get("value_when_pruned")),
+            "diverged" if final is None else _pct(final),
+            _fmt(r.get("epochs")),
+            "yes" if r.get("beat_median") else "no",
+            "yes" if r.get("beat_best") else "no",
+        ]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     table = (
         '<table class="grid"><thead><tr><th>trial</th><th>pruned at epoch</th>'
         "<th>val top-1 then</th><th>final val top-1</th><th>epochs</th>"
         "<th>above median</th><th>above best</th></tr></thead><tbody>"
-        + "".join(rows) + "</tbody></table>"
+        + "".join(rows)
+        + "</tbody></table>"
     )
     low, high = (audit.get("interval95") or [None, None])[:2]
-    summary = _kv_table([
-        ("audited", f"{audit.get('audited')} of {audit.get('pruned')} pruned trials"),
-        ("completed trials: median / best", f"{_pct(audit.get('median'))} / "
-                                            f"{_pct(audit.get('best'))}"),
-        ("false-prune rate (finished above the median)",
-         f"{_pct(audit.get('false_prune_rate'))} ({audit.get('beat_median')} of "
-         f"{audit.get('audited')}; 95% interval {_pct(low)} - {_pct(high)})"),
-        ("would have beaten the best", _fmt(audit.get("beat_best"))),
-        ("wall time (s)", _fmt(audit.get("wall_s"))),
-    ])
+    summary = _kv_table(
+        [
+            ("audited", f"{audit.get('audited')} of {audit.get('pruned')} pruned trials"),
+            (
+                "completed trials: median / best",
+                f"{_pct(audit.get('median'))} / {_pct(audit.get('best'))}",
+            ),
+            (
+                "false-prune rate (finished above the median)",
+                f"{_pct(audit.get('false_prune_rate'))} ({audit.get('beat_median')} of "
+                f"{audit.get('audited')}; 95% interval {_pct(low)} - {_pct(high)})",
+            ),
+            ("would have beaten the best", _fmt(audit.get("beat_best"))),
+            ("wall time (s)", _fmt(audit.get("wall_s"))),
+        ]
+    )
     return _card(title, summary + table)
 
 

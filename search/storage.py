@@ -62,7 +62,9 @@ def open_storage(
         if heartbeat_interval is not None:
             log.warning(
                 "storage %s is a journal file, which has no heartbeats: a killed worker's trial "
-                "stays RUNNING and is not retried; use sqlite:/// or postgresql:// for that", url)
+                "stays RUNNING and is not retried; use sqlite:/// or postgresql:// for that",
+                url,
+            )
         journal.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(journal)))
     if url.startswith("mysql"):
@@ -127,7 +129,8 @@ def _lost_creation_race(exc: Exception) -> bool:
     """Whether another worker created the same table or row a moment before this one."""
     text = str(exc).lower()
     return isinstance(exc, sqlalchemy.exc.IntegrityError) or any(
-        s in text for s in ("already exists", "duplicate key", "database is locked"))
+        s in text for s in ("already exists", "duplicate key", "database is locked")
+    )
 
 
 @contextlib.contextmanager

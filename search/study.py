@@ -26,15 +26,23 @@ def make_pruner(
     if not enabled or spec.kind == "none":
         return optuna.pruners.NopPruner()
     if spec.kind == "paired":
-        return PairedPruner(metric=spec.metric, reference=spec.reference, alpha=spec.alpha,
-                            startup_trials=spec.startup_trials, warmup_epochs=spec.warmup_epochs)
+        return PairedPruner(
+            metric=spec.metric,
+            reference=spec.reference,
+            alpha=spec.alpha,
+            startup_trials=spec.startup_trials,
+            warmup_epochs=spec.warmup_epochs,
+        )
     if spec.kind == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=spec.min_resource, reduction_factor=spec.reduction_factor)
+            min_resource=spec.min_resource, reduction_factor=spec.reduction_factor
+        )
     if spec.kind == "hyperband":
         return optuna.pruners.HyperbandPruner(
-            min_resource=spec.min_resource, max_resource=max_epochs or "auto",
-            reduction_factor=spec.reduction_factor)
+            min_resource=spec.min_resource,
+            max_resource=max_epochs or "auto",
+            reduction_factor=spec.reduction_factor,
+        )
     return optuna.pruners.MedianPruner(
         n_startup_trials=spec.startup_trials, n_warmup_steps=spec.warmup_epochs
     )
@@ -69,7 +77,11 @@ def open_study(
             study.set_user_attr("data_fingerprint_changed", fingerprint)
         return study
     study = optuna.create_study(
-        study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction="maximize",
+        study_name=name,
+        storage=storage,
+        sampler=sampler,
+        pruner=pruner,
+        direction="maximize",
         load_if_exists=True,
     )
     study.set_user_attr("feature_dim", feature_dim)

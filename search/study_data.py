@@ -41,6 +41,9 @@ def resolve_pattern(spec: DataSpec, override: str | None) -> tuple[str, bool]:
 
 def load_study_data(spec: DataSpec, pattern: str, demo: bool) -> StudyData:
     """Return the decoded (cached) features and split parts; DataError on any bad record."""
-    split = open_split(pattern, cache_dir=spec.cache_dir, split=SplitSpec(
-        split=spec.split, val_groups=spec.val_groups, lists_dir=spec.lists_dir))
+    split = open_split(
+        pattern,
+        cache_dir=spec.cache_dir,
+        split=SplitSpec(split=spec.split, val_groups=spec.val_groups, lists_dir=spec.lists_dir),
+    )
     return StudyData(features=split.features, parts=split.parts, pattern=pattern, demo=demo)

@@ -30,8 +30,16 @@ def write_tiny_data(root: Path, dim: int = 8, classes: int = 3) -> str:
     """Write a few classes of short synthetic clips; return their glob."""
     out = root / f"data-{dim}d"
     if not out.exists():
-        write_synthetic(out, clips_per_class=25, frames=12, dim=dim, classes=classes, seed=3,
-                        shard_size=40, workers=1)
+        write_synthetic(
+            out,
+            clips_per_class=25,
+            frames=12,
+            dim=dim,
+            classes=classes,
+            seed=3,
+            shard_size=40,
+            workers=1,
+        )
     return str(out / "*.tfrecord*")
 
 
@@ -47,12 +55,19 @@ def write_definition(root: Path, **changes) -> Path:
 def study_args(root: Path, data: str, *extra: str, name: str = "tiny") -> list[str]:
     """Return run_study.py flags for a tiny study kept entirely under root."""
     return [
-        "--study", str(write_definition(root)),
-        "--study-name", name,
-        "--storage", f"sqlite:///{root / 'study.db'}",
-        "--data", data,
-        "--out-dir", str(root / "runs" / name),
-        "--device", "cpu",
-        "--wandb-mode", "disabled",
+        "--study",
+        str(write_definition(root)),
+        "--study-name",
+        name,
+        "--storage",
+        f"sqlite:///{root / 'study.db'}",
+        "--data",
+        data,
+        "--out-dir",
+        str(root / "runs" / name),
+        "--device",
+        "cpu",
+        "--wandb-mode",
+        "disabled",
         *extra,
     ]

@@ -44,13 +44,19 @@ def finished(tmp_path_factory, one_torch_thread):
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{root / 'study.db'}")
     best = study.best_trial
     dists = best.distributions
-    for reason in ({"epoch": 1, "value": 0.01, "median": 0.3, "n_trials": 3},
-                   {"epoch": 1, "text": "loss became nan at epoch 1 step 2"}):
-        study.add_trial(create_trial(
-            state=TrialState.PRUNED, params=best.params, distributions=dists,
-            intermediate_values={1: 0.01},
-            user_attrs={"manifest": best.user_attrs["manifest"], "prune_reason": reason},
-        ))
+    for reason in (
+        {"epoch": 1, "value": 0.01, "median": 0.3, "n_trials": 3},
+        {"epoch": 1, "text": "loss became nan at epoch 1 step 2"},
+    ):
+        study.add_trial(
+            create_trial(
+                state=TrialState.PRUNED,
+                params=best.params,
+                distributions=dists,
+                intermediate_values={1: 0.01},
+                user_attrs={"manifest": best.user_attrs["manifest"], "prune_reason": reason},
+            )
+        )
     return root, data, study, args
 
 
@@ -123,8 +129,10 @@ def test_audit_reruns_a_trial_the_real_pruner_stopped_along_its_own_curve(tmp_pa
     assert run_study.main(["audit", "--sample", "3", *_flags(args)]) == 0
     record = optuna.load_study(study_name="tiny", storage=storage).user_attrs["audit"]
     (rerun,) = record["reruns"]
-    assert rerun["trial_number"] == 3 and rerun["pruned_epoch"] == dull.user_attrs[
-        "prune_reason"]["epoch"]
+    assert (
+        rerun["trial_number"] == 3
+        and rerun["pruned_epoch"] == dull.user_attrs["prune_reason"]["epoch"]
+    )
     # Its own params and seed: the re-run retraces the pruned trial's curve exactly, then goes on.
     seen = [dull.intermediate_values[e] for e in sorted(dull.intermediate_values)]
     assert rerun["curve"][: len(seen)] == pytest.approx(seen, abs=1e-6)
@@ -135,12 +143,29 @@ def test_audit_reruns_a_trial_the_real_pruner_stopped_along_its_own_curve(tmp_pa
 
 
 def test_audit_printout_survives_a_rerun_that_diverged_without_a_recorded_value():
-    record = {"audited": 1, "pruned": 1, "complete": 3, "median": 0.5, "best": 0.7,
-              "reruns": [{"trial_number": 4, "pruned_epoch": None, "value_when_pruned": None,
-                          "final_value": None, "epochs": 2, "beat_median": False,
-                          "beat_best": False}],
-              "false_prune_rate": 0.0, "beat_median": 0, "beat_best": 0,
-              "interval95": [0.0, 0.7935], "wall_s": 3.0}
+    record = {
+        "audited": 1,
+        "pruned": 1,
+        "complete": 3,
+        "median": 0.5,
+        "best": 0.7,
+        "reruns": [
+            {
+                "trial_number": 4,
+                "pruned_epoch": None,
+                "value_when_pruned": None,
+                "final_value": None,
+                "epochs": 2,
+                "beat_median": False,
+                "beat_best": False,
+            }
+        ],
+        "false_prune_rate": 0.0,
+        "beat_median": 0,
+        "beat_best": 0,
+        "interval95": [0.0, 0.7935],
+        "wall_s": 3.0,
+    }
     text = run_study._audit_text(record, "audit.json")
     assert "      4        ?           ?     diverged       2       no     no" in text
     assert "false-prune rate 0.000 (0/1 beat the median; 95% Wilson interval 0.000-0.793)" in text

@@ -40,8 +40,12 @@ def _no_study_written(root: Path) -> None:
 
 
 def test_missing_data(tmp_path, capsys):
-    _fails_cleanly(capsys, study_args(tmp_path, str(tmp_path / "none" / "*.tfrecord")),
-                   "no TFRecord files match", str(tmp_path / "none"))
+    _fails_cleanly(
+        capsys,
+        study_args(tmp_path, str(tmp_path / "none" / "*.tfrecord")),
+        "no TFRecord files match",
+        str(tmp_path / "none"),
+    )
     _no_study_written(tmp_path)
 
 
@@ -94,8 +98,15 @@ def test_storage_that_is_not_a_url(tmp_path, shards, capsys):
 
 
 @pytest.mark.parametrize(
-    ("flag", "value"), [("--trials", "-1"), ("--jobs", "0"), ("--epochs", "0"),
-                        ("--timeout", "0"), ("--wandb-mode", "loud")])
+    ("flag", "value"),
+    [
+        ("--trials", "-1"),
+        ("--jobs", "0"),
+        ("--epochs", "0"),
+        ("--timeout", "0"),
+        ("--wandb-mode", "loud"),
+    ],
+)
 def test_flag_out_of_range(tmp_path, flag, value, capsys):
     with pytest.raises(SystemExit) as info:
         run_study.main(["--wandb-mode", "disabled", flag, value])
@@ -124,9 +135,14 @@ def test_run_from_another_directory_finds_its_definition_and_keeps_its_files_tog
     shutil.copy(REPO / "run_study.py", checkout)
     shutil.copy(REPO / "studies" / "ucf101_rnn.yaml", checkout / "studies")
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
-    done = subprocess.run([sys.executable, str(checkout / "run_study.py"), "--trials", "0",
-                           "--device", "cpu"], cwd=elsewhere, env=env, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(checkout / "run_study.py"), "--trials", "0", "--device", "cpu"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert list(elsewhere.iterdir()) == [], "files were written into the working directory"
     assert f"sqlite:///{checkout / 'studies' / 'ucf101_rnn.db'}" in done.stdout

@@ -184,8 +184,11 @@ def test_prefetch_thread_fills_host_buffers_and_the_consumer_copies_to_the_devic
     assert len(got) == len(loader)
     assert copy_threads == {threading.get_ident()}
     assert len(host_threads) == 1 and host_threads.isdisjoint(copy_threads)
-    for a, b in zip(BatchLoader(data, np.arange(len(data)), 3, shuffle=True, seed=2,
-                                prefetch=False).epoch(1), got, strict=True):
+    for a, b in zip(
+        BatchLoader(data, np.arange(len(data)), 3, shuffle=True, seed=2, prefetch=False).epoch(1),
+        got,
+        strict=True,
+    ):
         assert torch.equal(a.features, b.features) and torch.equal(a.labels, b.labels)
 
 
@@ -270,8 +273,15 @@ def test_large_batches_come_from_huge_page_buffers_with_the_same_values():
     lengths[0] = 70
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     frames = rng.standard_normal((offsets[-1], 1024)).astype(np.float16)
-    data = FeatureSet(frames=frames, offsets=offsets, labels=np.ones(32, dtype=np.int64),
-                      filenames=("x",) * 32, texts=("x",) * 32, fps=25.0, fingerprint="big")
+    data = FeatureSet(
+        frames=frames,
+        offsets=offsets,
+        labels=np.ones(32, dtype=np.int64),
+        filenames=("x",) * 32,
+        texts=("x",) * 32,
+        fps=25.0,
+        fingerprint="big",
+    )
     (batch,) = BatchLoader(data, np.arange(32), 32, stride=2).epoch(0)
     assert batch.features.shape == (32, 35, 1024)
     for i in range(32):

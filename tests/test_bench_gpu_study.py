@@ -25,10 +25,34 @@ def test_definition_points_at_the_synthetic_set_and_prunes_by_median(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_run_holds_the_trial_budget_and_reports_no_gpu_on_cpu(tmp_path, capsys):
-    code = gpu_study.main(["--classes", "3", "--clips-per-class", "25", "--frames", "8",
-                           "--dim", "8", "--trials", "2", "--epochs", "1", "--jobs-list", "1",
-                           "--throughput-epochs", "1", "--write-workers", "1", "--device", "cpu",
-                           "--workdir", str(tmp_path), "--json", str(tmp_path / "figures.json")])
+    code = gpu_study.main(
+        [
+            "--classes",
+            "3",
+            "--clips-per-class",
+            "25",
+            "--frames",
+            "8",
+            "--dim",
+            "8",
+            "--trials",
+            "2",
+            "--epochs",
+            "1",
+            "--jobs-list",
+            "1",
+            "--throughput-epochs",
+            "1",
+            "--write-workers",
+            "1",
+            "--device",
+            "cpu",
+            "--workdir",
+            str(tmp_path),
+            "--json",
+            str(tmp_path / "figures.json"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "75 clips = 3 classes x 25" in out

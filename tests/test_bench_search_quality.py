@@ -17,9 +17,21 @@ REPO = Path(__file__).resolve().parent.parent
 def test_quick_search_quality_bench_prints_and_writes_sane_figures_for_every_arm(tmp_path):
     work = tmp_path / "work"
     done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "search_quality.py"), "--quick",
-         "--data-dir", str(tmp_path / "data"), "--work-dir", str(work), "--device", "cpu"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(REPO / "bench" / "search_quality.py"),
+            "--quick",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--work-dir",
+            str(work),
+            "--device",
+            "cpu",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     figures = json.loads((work / "search_quality.json").read_text())

@@ -62,8 +62,11 @@ def test_an_offer_waits_for_the_file_lock_another_process_holds(tmp_path):
     # A second instance stands for another worker process: it shares only the file lock.
     with open(f"{best.path}.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        worker = threading.Thread(target=lambda: returned.append(
-            BestCheckpoint(best.path).offer(study, 1, 0.7, _model(0.7), SPEC)))
+        worker = threading.Thread(
+            target=lambda: returned.append(
+                BestCheckpoint(best.path).offer(study, 1, 0.7, _model(0.7), SPEC)
+            )
+        )
         worker.start()
         worker.join(timeout=1.0)
         assert worker.is_alive() and not returned, "offer went ahead while the lock was held"
@@ -87,9 +90,10 @@ def test_two_processes_offering_in_random_order_leave_the_best(tmp_path):
     random.Random(4).shuffle(values)
     ctx = multiprocessing.get_context("spawn")
     start, accepted = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_offer_all, args=(str(tmp_path / "best.pt"), part, start,
-                                                  accepted))
-             for part in (values[::2], values[1::2])]
+    procs = [
+        ctx.Process(target=_offer_all, args=(str(tmp_path / "best.pt"), part, start, accepted))
+        for part in (values[::2], values[1::2])
+    ]
     for p in procs:
         p.start()
     start.set()

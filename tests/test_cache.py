@@ -101,8 +101,9 @@ def test_decoding_warns_through_logging(tmp_path, caplog):
     pattern = write_shards(tmp_path / "data", make_clips(3))
     with caplog.at_level(logging.INFO, logger="datasets.cache"):
         load_features(pattern, tmp_path / "cache")
-    assert any(r.levelno == logging.WARNING and "decoding 1 TFRecord" in r.message
-               for r in caplog.records)
+    assert any(
+        r.levelno == logging.WARNING and "decoding 1 TFRecord" in r.message for r in caplog.records
+    )
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="datasets.cache"):
         load_features(pattern, tmp_path / "cache")

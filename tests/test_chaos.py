@@ -26,8 +26,26 @@ def _postgres_up() -> bool:
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_killed_and_interrupted_workers_lose_no_trial(tmp_path, capsys):
-    code = chaos.main(["--workers", "3", "--trials", "6", "--faults", "3", "--epochs", "10",
-                       "--gap", "4", "--seed", "1", "--timeout", "240", "--keep", str(tmp_path)])
+    code = chaos.main(
+        [
+            "--workers",
+            "3",
+            "--trials",
+            "6",
+            "--faults",
+            "3",
+            "--epochs",
+            "10",
+            "--gap",
+            "4",
+            "--seed",
+            "1",
+            "--timeout",
+            "240",
+            "--keep",
+            str(tmp_path),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "3 faults" in printed and "ok   logical trials == budget: 6 logical" in printed

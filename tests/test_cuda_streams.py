@@ -59,9 +59,12 @@ def data(tmp_path_factory):
 @pytest.fixture
 def deterministic_cuda():
     """Deterministic kernels, so runs that differ only in streams must agree bit for bit."""
-    before = (torch.are_deterministic_algorithms_enabled(),
-              torch.is_deterministic_algorithms_warn_only_enabled(),
-              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     yield
@@ -70,8 +73,16 @@ def deterministic_cuda():
 
 
 def run_study_threads(
-    root: Path, data: str, monkeypatch, *, device: str, jobs: int, params: list[dict],
-    trial_streams: bool = True, resident: bool | None = None, epochs: int = 2,
+    root: Path,
+    data: str,
+    monkeypatch,
+    *,
+    device: str,
+    jobs: int,
+    params: list[dict],
+    trial_streams: bool = True,
+    resident: bool | None = None,
+    epochs: int = 2,
     on_train_start=None,
 ) -> tuple[list[FrozenTrial], dict[int, list[tuple[float, float, float]]]]:
     """Run enqueued trials as run_study.py does (search.runner threads); return the trials and
@@ -80,16 +91,28 @@ def run_study_threads(
     definition = load_definition(write_definition(root, space=SPACE))
     study_data = load_study_data(definition.data, data, demo=False)
     url = f"sqlite:///{root / 'study.db'}"
-    study = open_study("tiny", open_storage(url), definition, seed=SEED, prune=False,
-                       feature_dim=study_data.features.feature_dim,
-                       fingerprint=study_data.features.fingerprint)
+    study = open_study(
+        "tiny",
+        open_storage(url),
+        definition,
+        seed=SEED,
+        prune=False,
+        feature_dim=study_data.features.feature_dim,
+        fingerprint=study_data.features.fingerprint,
+    )
     for p in params:
         study.enqueue_trial(p)
     settings = TrialSettings(
-        definition=definition, data=study_data, device=device, seed=SEED, epochs=epochs,
+        definition=definition,
+        data=study_data,
+        device=device,
+        seed=SEED,
+        epochs=epochs,
         tracking=TrackingConfig(mode="disabled", project="t", group="tiny", dir=str(root)),
-        checkpoint=BestCheckpoint(root / "best.pt"), artifact_dir=root / "artifacts",
-        trial_streams=trial_streams)
+        checkpoint=BestCheckpoint(root / "best.pt"),
+        artifact_dir=root / "artifacts",
+        trial_streams=trial_streams,
+    )
     losses: dict[int, list[tuple[float, float, float]]] = {}
     # The train() this run records: a test's own stand-in, never an earlier run's recorder.
     real_train = getattr(objective_module.train, "recorded", objective_module.train)
@@ -104,10 +127,16 @@ def run_study_threads(
     recording_train.recorded = real_train
     monkeypatch.setattr(objective_module, "train", recording_train)
     if resident is not None:
-        monkeypatch.setattr(objective_module, "BatchLoader",
-                            functools.partial(BatchLoader, resident=resident))
-    run_trials(study, lambda trial, stop: objective(trial, settings, stop), storage_url=url,
-               total=len(params), jobs=jobs)
+        monkeypatch.setattr(
+            objective_module, "BatchLoader", functools.partial(BatchLoader, resident=resident)
+        )
+    run_trials(
+        study,
+        lambda trial, stop: objective(trial, settings, stop),
+        storage_url=url,
+        total=len(params),
+        jobs=jobs,
+    )
     trials = study.get_trials()
     return trials, {t.number: losses.get(trial_seed(SEED, t.number)) for t in trials}
 
@@ -116,8 +145,11 @@ def assert_same_losses(got: dict, want: dict) -> None:
     assert sorted(got) == sorted(want)
     for number in want:
         assert got[number] is not None and want[number] is not None, f"trial {number} trained"
-        diff = max(abs(a - b) for g, w in zip(got[number], want[number], strict=True)
-                   for a, b in zip(g, w, strict=True))
+        diff = max(
+            abs(a - b)
+            for g, w in zip(got[number], want[number], strict=True)
+            for a, b in zip(g, w, strict=True)
+        )
         assert got[number] == want[number], f"trial {number}: largest difference {diff:.3g}"
 
 
@@ -126,11 +158,14 @@ def assert_same_losses(got: dict, want: dict) -> None:
 
 @pytest.mark.slow
 def test_two_jobs_give_each_trial_the_same_losses_as_one_job_on_cpu(
-        tmp_path, data, monkeypatch, one_torch_thread):
-    _, serial = run_study_threads(tmp_path / "j1", data, monkeypatch, device="cpu", jobs=1,
-                                  params=PARAMS[:3])
-    trials, parallel = run_study_threads(tmp_path / "j2", data, monkeypatch, device="cpu",
-                                         jobs=2, params=PARAMS[:3])
+    tmp_path, data, monkeypatch, one_torch_thread
+):
+    _, serial = run_study_threads(
+        tmp_path / "j1", data, monkeypatch, device="cpu", jobs=1, params=PARAMS[:3]
+    )
+    trials, parallel = run_study_threads(
+        tmp_path / "j2", data, monkeypatch, device="cpu", jobs=2, params=PARAMS[:3]
+    )
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     assert_same_losses(parallel, serial)
 
@@ -138,30 +173,37 @@ def test_two_jobs_give_each_trial_the_same_losses_as_one_job_on_cpu(
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["build_model", "train", "evaluate"])
 def test_out_of_memory_fails_only_its_trial_with_the_reason(
-        tmp_path, data, monkeypatch, one_torch_thread, stage):
+    tmp_path, data, monkeypatch, one_torch_thread, stage
+):
     """The error PyTorch raises when CUDA runs out, raised on the CPU path in model build,
     training or evaluation (the new best's confusion matrix) of the 12-wide trial only."""
     real = getattr(objective_module, stage)
 
     def out_of_memory_for_the_doomed_width(*args, **kwargs):
         spec_or_model = args[0]
-        hidden = (spec_or_model.hidden if stage == "build_model"
-                  else spec_or_model.rnn.hidden_size)
+        hidden = spec_or_model.hidden if stage == "build_model" else spec_or_model.rnn.hidden_size
         if hidden == 12:
             raise torch.cuda.OutOfMemoryError(
-                "CUDA out of memory. Tried to allocate 3.00 GiB\nmore detail")
+                "CUDA out of memory. Tried to allocate 3.00 GiB\nmore detail"
+            )
         return real(*args, **kwargs)
 
     monkeypatch.setattr(objective_module, stage, out_of_memory_for_the_doomed_width)
     # Evaluation runs for a new best only: one job, so the doomed trial 0 is the first best.
-    trials, _ = run_study_threads(tmp_path, data, monkeypatch, device="cpu",
-                                  jobs=1 if stage == "evaluate" else 2,
-                                  params=[{**ABSURD, "hidden": 12}, {**ABSURD, "hidden": 16}],
-                                  epochs=1)
+    trials, _ = run_study_threads(
+        tmp_path,
+        data,
+        monkeypatch,
+        device="cpu",
+        jobs=1 if stage == "evaluate" else 2,
+        params=[{**ABSURD, "hidden": 12}, {**ABSURD, "hidden": 16}],
+        epochs=1,
+    )
     failed, other = trials
     assert failed.state == TrialState.FAIL
     assert failed.user_attrs["fail_reason"] == (
-        "CUDA out of memory: CUDA out of memory. Tried to allocate 3.00 GiB")
+        "CUDA out of memory: CUDA out of memory. Tried to allocate 3.00 GiB"
+    )
     assert other.state == TrialState.COMPLETE and other.value is not None
 
 
@@ -174,12 +216,28 @@ def test_out_of_memory_fails_only_its_trial_with_the_reason(
 @pytest.mark.parametrize("resident", [False, True], ids=["host", "resident"])
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_trial_streams_give_the_same_losses_as_no_side_streams(
-        tmp_path, data, monkeypatch, deterministic_cuda, resident, jobs):
-    _, want = run_study_threads(tmp_path / "default-stream", data, monkeypatch, device="cuda",
-                                jobs=1, params=PARAMS, trial_streams=False, resident=resident)
-    trials, got = run_study_threads(tmp_path / "own-streams", data, monkeypatch, device="cuda",
-                                    jobs=jobs, params=PARAMS, trial_streams=True,
-                                    resident=resident)
+    tmp_path, data, monkeypatch, deterministic_cuda, resident, jobs
+):
+    _, want = run_study_threads(
+        tmp_path / "default-stream",
+        data,
+        monkeypatch,
+        device="cuda",
+        jobs=1,
+        params=PARAMS,
+        trial_streams=False,
+        resident=resident,
+    )
+    trials, got = run_study_threads(
+        tmp_path / "own-streams",
+        data,
+        monkeypatch,
+        device="cuda",
+        jobs=jobs,
+        params=PARAMS,
+        trial_streams=True,
+        resident=resident,
+    )
     assert [t.state for t in trials] == [TrialState.COMPLETE] * len(PARAMS)
     assert_same_losses(got, want)
 
@@ -195,17 +253,21 @@ def test_slow_copies_reach_the_trial_stream_complete(resident):
     clips, frames, dim = 384, 250, 2048  # 384 x 250 x 2048 fp16 = 393 MB
     lengths = rng.integers(frames // 3, frames + 1, size=clips)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    data = FeatureSet(frames=rng.standard_normal((int(offsets[-1]), dim), dtype=np.float32)
-                      .astype(np.float16), offsets=offsets,
-                      labels=rng.integers(1, 102, size=clips), filenames=("x",) * clips,
-                      texts=("x",) * clips, fps=25.0, fingerprint=f"slow-copy-{resident}")
+    data = FeatureSet(
+        frames=rng.standard_normal((int(offsets[-1]), dim), dtype=np.float32).astype(np.float16),
+        offsets=offsets,
+        labels=rng.integers(1, 102, size=clips),
+        filenames=("x",) * clips,
+        texts=("x",) * clips,
+        fps=25.0,
+        fingerprint=f"slow-copy-{resident}",
+    )
     kwargs = dict(shuffle=True, seed=3, bucket=True)
     want = list(BatchLoader(data, np.arange(clips), 48, **kwargs).epoch(1))
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
         torch.cuda._sleep(SLEEP_CYCLES)  # keeps the trial's own stream busy too at the start
-        loader = BatchLoader(data, np.arange(clips), 48, device="cuda", resident=resident,
-                             **kwargs)
+        loader = BatchLoader(data, np.arange(clips), 48, device="cuda", resident=resident, **kwargs)
         snapshots = []
         for batch in loader.epoch(1):
             # The default stream is busy: a copy queued there would land late.
@@ -242,9 +304,17 @@ def test_two_jobs_run_on_the_gpu_at_the_same_time(tmp_path, data, monkeypatch, t
             end.record()
             spans.append((start, end))
 
-    trials, _ = run_study_threads(tmp_path, data, monkeypatch, device="cuda", jobs=2,
-                                  params=PARAMS[:2], trial_streams=trial_streams, epochs=1,
-                                  on_train_start=spin_on_the_trial_stream)
+    trials, _ = run_study_threads(
+        tmp_path,
+        data,
+        monkeypatch,
+        device="cuda",
+        jobs=2,
+        params=PARAMS[:2],
+        trial_streams=trial_streams,
+        epochs=1,
+        on_train_start=spin_on_the_trial_stream,
+    )
     torch.cuda.synchronize()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     (a0, a1), (b0, b1) = ((origin.elapsed_time(s), origin.elapsed_time(e)) for s, e in spans)
@@ -258,8 +328,7 @@ def test_two_jobs_run_on_the_gpu_at_the_same_time(tmp_path, data, monkeypatch, t
 @pytest.mark.gpu
 @pytest.mark.slow
 @cuda
-def test_an_absurd_width_fails_its_trial_and_the_other_trial_finishes(
-        tmp_path, data, monkeypatch):
+def test_an_absurd_width_fails_its_trial_and_the_other_trial_finishes(tmp_path, data, monkeypatch):
     """Hidden 8192: one 805 MB weight (3 x 8192 x 8192 fp32), under a cap of 512 MiB above what
     is in use now (set_per_process_memory_fraction; the real GPU is far larger). Its .to(device)
     runs out of memory in one allocation, so the 16-wide trial beside it is never starved."""
@@ -268,8 +337,15 @@ def test_an_absurd_width_fails_its_trial_and_the_other_trial_finishes(
     cap = torch.cuda.memory_reserved() + (512 << 20)
     torch.cuda.set_per_process_memory_fraction(cap / total)
     try:
-        trials, _ = run_study_threads(tmp_path, data, monkeypatch, device="cuda", jobs=2,
-                                      params=[ABSURD, {**ABSURD, "hidden": 16}], epochs=1)
+        trials, _ = run_study_threads(
+            tmp_path,
+            data,
+            monkeypatch,
+            device="cuda",
+            jobs=2,
+            params=[ABSURD, {**ABSURD, "hidden": 16}],
+            epochs=1,
+        )
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
     failed, other = trials

@@ -205,7 +205,6 @@ def test_dashboard_reading_a_live_sqlite_study_does_not_fail_trials(tmp_path):
 @pytest.mark.slow
 def test_dashboard_serves_a_study_made_by_a_tiny_run(tmp_path):
 
-
     data = write_tiny_data(tmp_path)
     assert run_study.main(study_args(tmp_path, data, "--trials", "3")) == 0
     storage_url = f"sqlite:///{tmp_path / 'study.db'}"

@@ -42,8 +42,10 @@ def test_a_gpu_number_past_the_last_one_is_a_user_error():
 
 
 def test_the_train_command_reports_an_unknown_device_in_one_line(tmp_path, capsys):
-    rc = train_cli.main(["--device", "tpu", "--data", str(tmp_path / "*"),
-                         "--out", str(tmp_path / "m.pt")])
+    rc = train_cli.main(
+        ["--device", "tpu", "--data", str(tmp_path / "*"), "--out", str(tmp_path / "m.pt")]
+    )
     assert rc == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "error: --device 'tpu' is not a device here; use cpu, cuda, cuda:N or auto"]
+        "error: --device 'tpu' is not a device here; use cpu, cuda, cuda:N or auto"
+    ]

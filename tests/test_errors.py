@@ -36,14 +36,25 @@ def test_a_value_error_from_a_bug_in_the_train_cli_is_a_traceback_not_exit_2(
 
     monkeypatch.setattr(cache, "_to_fp16", bug)
     with pytest.raises(ValueError, match="an internal bug"):
-        train_cli.main(["--data", shards, "--cache-dir",
-                        str(tmp_path / "cache"), "--device", "cpu"])
+        train_cli.main(
+            ["--data", shards, "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+        )
 
 
 def test_a_bad_flag_value_checked_by_a_config_class_is_still_a_user_error(
     shards: str, tmp_path: Path, capsys
 ):
-    rc = train_cli.main(["--data", shards, "--cache-dir",
-                         str(tmp_path / "cache"), "--device", "cpu", "--dropout", "1.5"])
+    rc = train_cli.main(
+        [
+            "--data",
+            shards,
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--device",
+            "cpu",
+            "--dropout",
+            "1.5",
+        ]
+    )
     assert rc == 2
     assert capsys.readouterr().err.strip() == "error: ModelSpec.dropout must be in [0, 1), got 1.5"

@@ -80,7 +80,8 @@ def test_evaluate_figures_match_a_hand_computed_example(batch_size):
     np.testing.assert_array_equal(ev.confusion, expected)
     assert ev.confusion.dtype == np.int64
     np.testing.assert_array_equal(
-        ev.per_class, [np.nan, 0.5, 1.0, 0.0, 0.5, np.nan, 1.0]  # no clips of ids 0 and 5
+        ev.per_class,
+        [np.nan, 0.5, 1.0, 0.0, 0.5, np.nan, 1.0],  # no clips of ids 0 and 5
     )
 
 
@@ -92,7 +93,8 @@ def test_evaluate_keeps_each_clips_outcome_and_loss_in_loader_order(batch_size):
     assert ev.correct.dtype == bool
     assert ev.clip_loss.dtype == np.float32
     np.testing.assert_allclose(
-        ev.clip_loss, F.cross_entropy(logits, labels, reduction="none").numpy(), rtol=1e-6)
+        ev.clip_loss, F.cross_entropy(logits, labels, reduction="none").numpy(), rtol=1e-6
+    )
 
 
 def test_evaluate_scores_in_fp32_even_inside_a_bf16_autocast_region():
@@ -124,10 +126,24 @@ def test_evaluate_restores_training_mode_and_rejects_an_empty_loader():
 @pytest.mark.parametrize(
     "spec",
     [
-        ModelSpec(kind="rnn", input_dim=5, num_classes=CLASSES, cell="lstm", hidden=8, layers=2,
-                  dropout=0.2),
-        ModelSpec(kind="rnn", input_dim=5, num_classes=CLASSES, cell="gru", hidden=8, layers=1,
-                  frame_level=True),
+        ModelSpec(
+            kind="rnn",
+            input_dim=5,
+            num_classes=CLASSES,
+            cell="lstm",
+            hidden=8,
+            layers=2,
+            dropout=0.2,
+        ),
+        ModelSpec(
+            kind="rnn",
+            input_dim=5,
+            num_classes=CLASSES,
+            cell="gru",
+            hidden=8,
+            layers=1,
+            frame_level=True,
+        ),
         ModelSpec(kind="bag", input_dim=5, num_classes=CLASSES),
     ],
 )
@@ -153,8 +169,12 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path, spec):
 def test_checkpoint_extra_must_be_plain_data(tmp_path):
     model = build_model(ModelSpec(kind="bag", input_dim=4, num_classes=2))
     with pytest.raises(TypeError, match=r"extra\.run is a object"):
-        save_checkpoint(tmp_path / "m.pt", model, ModelSpec(kind="bag", input_dim=4, num_classes=2),
-                        extra={"run": object()})
+        save_checkpoint(
+            tmp_path / "m.pt",
+            model,
+            ModelSpec(kind="bag", input_dim=4, num_classes=2),
+            extra={"run": object()},
+        )
 
 
 def test_unreadable_checkpoints_raise_checkpoint_error_naming_the_file(tmp_path):

@@ -24,8 +24,9 @@ from datasets.records import read_clips
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_video(path: Path, fps: float | Fraction, frames: int, size=(64, 48), codec="mpeg4",
-                gray: bool = False) -> Path:
+def write_video(
+    path: Path, fps: float | Fraction, frames: int, size=(64, 48), codec="mpeg4", gray: bool = False
+) -> Path:
     """Write a small video: a red square moving over a background that brightens per frame.
 
     gray=True writes flat frames of brightness 8 * index with a lossless codec, so a decoded
@@ -84,17 +85,21 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def config(videos: Path, out: Path, **kw) -> ExtractConfig:
     """Small, quick settings: resnet18 at 32 px on the CPU, 1 s per clip, 2 clips per shard."""
     base = dict(
-        model="resnet18", random_init=True, seconds=1.0, image_size=32, device="cpu",
-        batch_size=16, workers=0, shard_size=2,
+        model="resnet18",
+        random_init=True,
+        seconds=1.0,
+        image_size=32,
+        device="cpu",
+        batch_size=16,
+        workers=0,
+        shard_size=2,
     )
     return ExtractConfig(videos=videos, out=out, **{**base, **kw})
 
 
 def raw_records(path: Path) -> list[example_pb2.SequenceExample]:
     """Parse a shard with the tfrecord package's protobuf classes (sees the padding too)."""
-    return [
-        example_pb2.SequenceExample.FromString(bytes(r)) for r in tfrecord_iterator(str(path))
-    ]
+    return [example_pb2.SequenceExample.FromString(bytes(r)) for r in tfrecord_iterator(str(path))]
 
 
 def mtimes(out: Path) -> dict[str, int]:
@@ -200,7 +205,8 @@ def test_shards_hold_every_readable_clip_with_label_length_and_size(extracted) -
 def test_records_are_padded_to_seconds_times_fps_with_label_zero(extracted) -> None:
     out, _ = extracted
     (short,) = [
-        r for r in raw_records(out / SHARDS[1])
+        r
+        for r in raw_records(out / SHARDS[1])
         if r.context.feature["filename"].bytes_list.value[0] == b"v_Archery_g02_c01.avi"
     ]
     frames = short.feature_lists.feature_list["features"].feature
@@ -314,14 +320,25 @@ def test_weights_of_another_architecture_are_a_clear_error(tmp_path: Path) -> No
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "datasets.extract", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
     )
 
 
 @pytest.mark.slow
 def test_missing_weights_is_one_error_line_pointing_to_weights_flag(videos: Path, tmp_path):
-    proc = run_cli("--videos", str(videos), "--out", str(tmp_path / "out"), "--device", "cpu",
-                   env={"TORCH_HOME": str(tmp_path / "empty-torch-home")})
+    proc = run_cli(
+        "--videos",
+        str(videos),
+        "--out",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+        env={"TORCH_HOME": str(tmp_path / "empty-torch-home")},
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: no pretrained resnet50 weights")
@@ -346,8 +363,17 @@ def test_bad_flags_are_one_error_line_and_exit_2(videos, tmp_path, capsys, argv,
 
 def test_videos_without_ucf101_names_are_an_error_before_any_work(tmp_path, capsys):
     write_video(tmp_path / "videos" / "clip1.avi", 25, 2)
-    code = extract.main(["--videos", str(tmp_path / "videos"), "--out", str(tmp_path / "out"),
-                         "--random-init", "--device", "cpu"])
+    code = extract.main(
+        [
+            "--videos",
+            str(tmp_path / "videos"),
+            "--out",
+            str(tmp_path / "out"),
+            "--random-init",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 2
     assert "1 of 1 videos cannot be labelled, e.g. clip1.avi" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -355,9 +381,25 @@ def test_videos_without_ucf101_names_are_an_error_before_any_work(tmp_path, caps
 
 @pytest.mark.slow
 def test_cli_prints_a_summary_and_the_skipped_video(videos: Path, tmp_path: Path) -> None:
-    proc = run_cli("--videos", str(videos), "--out", str(tmp_path), "--random-init",
-                   "--model", "resnet18", "--image-size", "32", "--seconds", "1",
-                   "--shard-size", "2", "--device", "cpu", "--workers", "0")
+    proc = run_cli(
+        "--videos",
+        str(videos),
+        "--out",
+        str(tmp_path),
+        "--random-init",
+        "--model",
+        "resnet18",
+        "--image-size",
+        "32",
+        "--seconds",
+        "1",
+        "--shard-size",
+        "2",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "3 shards written, 0 already done (of 3); 4 clips, 95 frames" in proc.stdout
     assert "v_Archery_g03_c01.avi: InvalidDataError" in proc.stdout

@@ -39,11 +39,13 @@ def test_refit_trains_on_train_and_val_clips_for_best_epochs_and_scores_test_onc
     assert run_study.main(args) == 0
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'study.db'}")
     definition = load_definition(args[args.index("--study") + 1])
-    parts = split_parts(load_study_data(definition.data, data, False).features.filenames,
-                        SplitSpec(split=1, val_groups=4))
+    parts = split_parts(
+        load_study_data(definition.data, data, False).features.filenames,
+        SplitSpec(split=1, val_groups=4),
+    )
     final = study.user_attrs["final"]
     best = study.best_trial
-    (clips, epochs, val_loader), = refit_calls
+    ((clips, epochs, val_loader),) = refit_calls
     assert val_loader is None  # nothing held out: the last epoch's weights are the model
     assert sorted(clips) == sorted([*parts["train"], *parts["val"]])
     assert epochs == best.user_attrs["best_epoch"]

@@ -16,8 +16,10 @@ from models.training import TrainingDiverged
 from search.storage import open_storage
 from search.tracking import STUDY_RUN_ATTR
 
-SCORING_INTERRUPTED = ("interrupted while scoring the best trial on the test groups; run the "
-                       "same command again to score it")
+SCORING_INTERRUPTED = (
+    "interrupted while scoring the best trial on the test groups; run the "
+    "same command again to score it"
+)
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +95,10 @@ def test_only_the_last_worker_to_finish_writes_the_study_run(tmp_path, data, cap
     runs = _study_runs(tmp_path)
     assert len(runs) == 2 and runs[0].id == runs[1].id  # one W&B run, updated
     assert runs[1].summary["n_trials"] == 3
-    assert _study(tmp_path, storage).user_attrs["final"]["trial_number"] == \
-        _study(tmp_path, storage).best_trial.number
+    assert (
+        _study(tmp_path, storage).user_attrs["final"]["trial_number"]
+        == _study(tmp_path, storage).best_trial.number
+    )
 
 
 @pytest.mark.slow
@@ -163,9 +167,7 @@ def test_a_diverging_baseline_is_recorded_with_its_reason_and_the_run_finishes(
 
 
 @pytest.mark.slow
-def test_evaluate_afterwards_updates_the_same_study_run_with_the_protocol(
-    tmp_path, data, capsys
-):
+def test_evaluate_afterwards_updates_the_same_study_run_with_the_protocol(tmp_path, data, capsys):
     args = _args(tmp_path, data, "--trials", "2", "--no-prune")
     assert run_study.main(args) == 0
     flags = args[: args.index("--wandb-mode")]  # the flags evaluate shares with the study

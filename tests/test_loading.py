@@ -29,8 +29,11 @@ def shards(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def split(shards, tmp_path_factory):
-    return open_split(str(shards / "*"), cache_dir=str(tmp_path_factory.mktemp("cache")),
-                      split=SplitSpec(split=1, val_groups=4))
+    return open_split(
+        str(shards / "*"),
+        cache_dir=str(tmp_path_factory.mktemp("cache")),
+        split=SplitSpec(split=1, val_groups=4),
+    )
 
 
 def _labels(loader) -> list[int]:
@@ -102,8 +105,20 @@ def test_resident_clips_holds_one_device_copy_that_loaders_share_until_the_block
 def test_train_cli_with_a_zero_batch_size_or_stride_prints_one_error_line(
     shards, tmp_path, capsys, flag
 ):
-    rc = train_cli.main(["--data", str(shards / "*"), "--cache-dir", str(tmp_path),
-                         "--device", "cpu", flag, "0", "--out", str(tmp_path / "m.pt")])
+    rc = train_cli.main(
+        [
+            "--data",
+            str(shards / "*"),
+            "--cache-dir",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            flag,
+            "0",
+            "--out",
+            str(tmp_path / "m.pt"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert len(err) == 1 and err[0].startswith("error: ") and "at least 1, got 0" in err[0]
@@ -112,22 +127,44 @@ def test_train_cli_with_a_zero_batch_size_or_stride_prints_one_error_line(
 
 def test_evaluate_cli_with_a_zero_batch_size_prints_one_error_line(shards, tmp_path, capsys):
     ckpt = tmp_path / "m.pt"
-    assert train_cli.main(["--data", str(shards / "*"), "--cache-dir", str(tmp_path),
-                           "--device", "cpu", "--layers", "1", "--hidden", "4", "--epochs", "1",
-                           "--out", str(ckpt)]) == 0
+    assert (
+        train_cli.main(
+            [
+                "--data",
+                str(shards / "*"),
+                "--cache-dir",
+                str(tmp_path),
+                "--device",
+                "cpu",
+                "--layers",
+                "1",
+                "--hidden",
+                "4",
+                "--epochs",
+                "1",
+                "--out",
+                str(ckpt),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    rc = evaluate_cli.main([str(ckpt), "--cache-dir", str(tmp_path), "--device", "cpu",
-                            "--batch-size", "0"])
+    rc = evaluate_cli.main(
+        [str(ckpt), "--cache-dir", str(tmp_path), "--device", "cpu", "--batch-size", "0"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert err == ["error: batch size must be at least 1, got 0"]
 
 
 def test_the_evaluate_command_does_not_import_the_train_command():
-    code = ("import sys; from models import evaluate; evaluate.main(['/nonexistent.pt']); "
-            "print(sorted(m for m in sys.modules if m.startswith('models.')))")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120)
+    code = (
+        "import sys; from models import evaluate; evaluate.main(['/nonexistent.pt']); "
+        "print(sorted(m for m in sys.modules if m.startswith('models.')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     loaded = result.stdout.strip().splitlines()[-1]
     assert "models.evaluate" in loaded and "models.train" not in loaded.replace("training", "")

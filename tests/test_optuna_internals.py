@@ -87,6 +87,10 @@ def test_the_study_storage_takes_artifacts_of_a_running_trial(study, tmp_path):
     (tmp_path / "a.txt").write_text("a")
     store = FileSystemArtifactStore(tmp_path)
     storage = optuna_internals.storage(study)
-    upload_artifact(artifact_store=store, file_path=str(tmp_path / "a.txt"),
-                    study_or_trial=frozen, storage=storage)
+    upload_artifact(
+        artifact_store=store,
+        file_path=str(tmp_path / "a.txt"),
+        study_or_trial=frozen,
+        storage=storage,
+    )
     assert [m.filename for m in get_all_artifact_meta(frozen, storage=storage)] == ["a.txt"]

@@ -59,7 +59,8 @@ def test_wilcoxon_signed_rank_matches_hand_computed_z_and_p():
     assert n == 4 and z == pytest.approx(1.5 / math.sqrt(7.375))
     assert wilcoxon_greater(np.zeros(5))[1] == 1.0
     assert paired_standard_error(np.array([1.0, -1.0, 1.0, -1.0])) == pytest.approx(
-        math.sqrt(4 / 3) / 2)
+        math.sqrt(4 / 3) / 2
+    )
 
 
 def test_outcome_codec_round_trips_and_stays_small():
@@ -78,14 +79,22 @@ def test_outcome_codec_round_trips_and_stays_small():
     assert size <= 4 / 3 * (1001 / 8 + 2 * 1001) + 16  # base64 of packed bits + float16
 
 
-def _completed(correct: np.ndarray, loss: np.ndarray | None = None, epoch: int = EPOCH,
-               number_of_classes: int | None = CLASSES) -> optuna.trial.FrozenTrial:
+def _completed(
+    correct: np.ndarray,
+    loss: np.ndarray | None = None,
+    epoch: int = EPOCH,
+    number_of_classes: int | None = CLASSES,
+) -> optuna.trial.FrozenTrial:
     loss = np.where(correct, 0.5, 3.0).astype(np.float32) if loss is None else loss
     attrs = outcome_attrs(epoch, correct, loss)
     if number_of_classes is not None:
         attrs[CLASSES_KEY] = number_of_classes
-    return create_trial(state=TrialState.COMPLETE, value=float(correct.mean()),
-                        intermediate_values={epoch: float(correct.mean())}, user_attrs=attrs)
+    return create_trial(
+        state=TrialState.COMPLETE,
+        value=float(correct.mean()),
+        intermediate_values={epoch: float(correct.mean())},
+        user_attrs=attrs,
+    )
 
 
 def _hits(count: int, offset: int = 0) -> np.ndarray:
@@ -102,8 +111,9 @@ def _study(pruner: optuna.pruners.BasePruner, references: list[np.ndarray]) -> o
     return study
 
 
-def _running(study: optuna.Study, correct: np.ndarray, loss: np.ndarray | None = None,
-             epoch: int = EPOCH) -> optuna.Trial:
+def _running(
+    study: optuna.Study, correct: np.ndarray, loss: np.ndarray | None = None, epoch: int = EPOCH
+) -> optuna.Trial:
     trial = study.ask()
     loss = np.where(correct, 0.5, 3.0).astype(np.float32) if loss is None else loss
     trial.set_user_attr(CLASSES_KEY, CLASSES)
@@ -158,8 +168,9 @@ def test_nothing_is_pruned_while_the_median_is_within_noise_of_chance():
 def test_no_prune_without_the_outcomes_of_either_trial_or_before_startup():
     study = optuna.create_study(direction="maximize", pruner=_pruner())
     for _ in range(5):  # completed before outcomes were recorded: values only
-        study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.6,
-                                     intermediate_values={EPOCH: 0.6}))
+        study.add_trial(
+            create_trial(state=TrialState.COMPLETE, value=0.6, intermediate_values={EPOCH: 0.6})
+        )
     assert not _running(study, _hits(0)).should_prune()
     study = _study(_pruner(), REFERENCES)
     bare = study.ask()
@@ -184,8 +195,7 @@ def test_loss_metric_prunes_a_trial_with_higher_loss_on_most_clips():
     reason = explain_prune(worse, EPOCH, 0.5)
     assert reason["metric"] == "loss" and reason["gap"] == pytest.approx(0.3, rel=1e-2)
     assert reason["z"] > 5 and "Wilcoxon" in reason["text"]
-    same = _running(study, _hits(100), median_loss + rng.normal(0, 0.01, CLIPS).astype(
-        np.float32))
+    same = _running(study, _hits(100), median_loss + rng.normal(0, 0.01, CLIPS).astype(np.float32))
     assert not same.should_prune()
 
 

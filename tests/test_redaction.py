@@ -30,21 +30,32 @@ def _postgres_up() -> bool:
         return False
 
 
-@pytest.mark.parametrize(("url", "shown"), [
-    (f"postgresql://u:{SECRET}@db.example:5432/optuna?sslmode=require",
-     "postgresql://u:***@db.example:5432/optuna?sslmode=require"),
-    (f"postgresql://u@db.example/optuna?password={SECRET}", "postgresql://u:***@db.example/optuna"),
-    (f"mysql+pymysql://root:{SECRET}@h/db", "mysql+pymysql://root:***@h/db"),
-    (f"root:{SECRET}@h/db", "root:***@h/db"),  # not a URL at all: still masked
-    ("sqlite:///studies/x.db", "sqlite:///studies/x.db"),
-    ("journal:///studies/x.log", "journal:///studies/x.log"),
-])
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            f"postgresql://u:{SECRET}@db.example:5432/optuna?sslmode=require",
+            "postgresql://u:***@db.example:5432/optuna?sslmode=require",
+        ),
+        (
+            f"postgresql://u@db.example/optuna?password={SECRET}",
+            "postgresql://u:***@db.example/optuna",
+        ),
+        (f"mysql+pymysql://root:{SECRET}@h/db", "mysql+pymysql://root:***@h/db"),
+        (f"root:{SECRET}@h/db", "root:***@h/db"),  # not a URL at all: still masked
+        ("sqlite:///studies/x.db", "sqlite:///studies/x.db"),
+        ("journal:///studies/x.log", "journal:///studies/x.log"),
+    ],
+)
 def test_redact_url_hides_the_password_wherever_the_url_carries_it(url, shown):
     assert redact_url(url) == shown
 
 
 def test_dashboard_command_leaves_the_password_out_and_says_where_it_goes():
-    for url in (f"postgresql://u:{SECRET}@h:5432/db", f"postgresql://u@h:5432/db?password={SECRET}"):
+    for url in (
+        f"postgresql://u:{SECRET}@h:5432/db",
+        f"postgresql://u@h:5432/db?password={SECRET}",
+    ):
         command = run_study._dashboard_command(url, Path("out"))
         assert SECRET not in command and "***" not in command
         assert command.startswith("optuna-dashboard postgresql://u@h:5432/db ")
@@ -53,15 +64,26 @@ def test_dashboard_command_leaves_the_password_out_and_says_where_it_goes():
     assert plain == "optuna-dashboard postgresql://u@h/db --artifact-dir out/artifacts"
 
 
-needs_postgres = pytest.mark.skipif(not _postgres_up(),
-                                    reason="PostgreSQL is not up on 127.0.0.1:5432")
+needs_postgres = pytest.mark.skipif(
+    not _postgres_up(), reason="PostgreSQL is not up on 127.0.0.1:5432"
+)
 
 
 @pytest.mark.postgres
 @needs_postgres
 def test_a_study_that_is_not_there_is_reported_without_the_password(capsys):
-    assert run_study.main(["report", "--study-name", "absent", "--storage",
-                           f"postgresql://{PG.format(pw=SECRET)}"]) == 2
+    assert (
+        run_study.main(
+            [
+                "report",
+                "--study-name",
+                "absent",
+                "--storage",
+                f"postgresql://{PG.format(pw=SECRET)}",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "absent" in err and SECRET not in err and "***" in err
 

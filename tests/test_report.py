@@ -200,17 +200,41 @@ def test_refit_test_score_is_shown_beside_the_search_models(tmp_path):
 
 def test_audit_section_shows_each_rerun_and_the_false_prune_rate_with_its_interval(tmp_path):
     study = make_study()
-    study.set_user_attr("audit", {
-        "pruned": 5, "audited": 2, "complete": 3, "median": 0.5, "best": 0.8,
-        "reruns": [
-            {"trial_number": 2, "pruned_epoch": 2, "value_when_pruned": 0.07,
-             "final_value": 0.61, "epochs": 9, "beat_median": True, "beat_best": False},
-            {"trial_number": 5, "pruned_epoch": 3, "value_when_pruned": 0.1,
-             "final_value": None, "epochs": 1, "beat_median": False, "beat_best": False},
-        ],
-        "beat_median": 1, "beat_best": 0, "false_prune_rate": 0.5,
-        "interval95": [0.0945, 0.9055], "wall_s": 12.5,
-    })
+    study.set_user_attr(
+        "audit",
+        {
+            "pruned": 5,
+            "audited": 2,
+            "complete": 3,
+            "median": 0.5,
+            "best": 0.8,
+            "reruns": [
+                {
+                    "trial_number": 2,
+                    "pruned_epoch": 2,
+                    "value_when_pruned": 0.07,
+                    "final_value": 0.61,
+                    "epochs": 9,
+                    "beat_median": True,
+                    "beat_best": False,
+                },
+                {
+                    "trial_number": 5,
+                    "pruned_epoch": 3,
+                    "value_when_pruned": 0.1,
+                    "final_value": None,
+                    "epochs": 1,
+                    "beat_median": False,
+                    "beat_best": False,
+                },
+            ],
+            "beat_median": 1,
+            "beat_best": 0,
+            "false_prune_rate": 0.5,
+            "interval95": [0.0945, 0.9055],
+            "wall_s": 12.5,
+        },
+    )
     audit = _section(_report(study, tmp_path), "Pruning audit")
     assert "2 of 5 pruned trials" in audit
     assert "50.0% (1 of 2; 95% interval 9.4% - 90.5%)" in audit
@@ -220,13 +244,26 @@ def test_audit_section_shows_each_rerun_and_the_false_prune_rate_with_its_interv
 
 def test_protocol_section_lists_each_split_and_the_mean_and_std(tmp_path):
     study = make_study()
-    study.set_user_attr("protocol", {
-        "trial_number": 0, "epochs": 6, "bootstrap_draws": 1000,
-        "splits": [{"split": s, "top1": v, "interval95": [v - 0.02, v + 0.01],
-                    "train_clips": 9000, "test_clips": 3700}
-                   for s, v in ((1, 0.91), (2, 0.93), (3, 0.95))],
-        "mean_top1": 0.93, "std_top1": 0.02,
-    })
+    study.set_user_attr(
+        "protocol",
+        {
+            "trial_number": 0,
+            "epochs": 6,
+            "bootstrap_draws": 1000,
+            "splits": [
+                {
+                    "split": s,
+                    "top1": v,
+                    "interval95": [v - 0.02, v + 0.01],
+                    "train_clips": 9000,
+                    "test_clips": 3700,
+                }
+                for s, v in ((1, 0.91), (2, 0.93), (3, 0.95))
+            ],
+            "mean_top1": 0.93,
+            "std_top1": 0.02,
+        },
+    )
     protocol = _section(_report(study, tmp_path), "UCF-101 protocol")
     assert "<td>2</td><td>93.0%</td><td>91.0% - 94.0%</td>" in protocol
     assert "mean over 3 splits</th><td>93.0% ± 2.0 points (std)" in protocol

@@ -116,8 +116,9 @@ def test_masked_mean_averages_real_frames():
     ("spec", "kind", "params"),
     [
         (
-            ModelSpec(kind="rnn", input_dim=DIM, num_classes=CLASSES, cell="lstm", hidden=16,
-                      layers=3),
+            ModelSpec(
+                kind="rnn", input_dim=DIM, num_classes=CLASSES, cell="lstm", hidden=16, layers=3
+            ),
             RNNClassifier,
             # LSTM: 4 gates x (input + recurrent weights + 2 biases) per layer; then the head
             4 * 16 * (DIM + 16 + 2) + 2 * 4 * 16 * (16 + 16 + 2) + 16 * 5 + 5,

@@ -23,8 +23,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _storage(tmp_path, beat: int = 1) -> tuple[str, RDBStorage]:
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    storage = RDBStorage(url, heartbeat_interval=beat, grace_period=beat,
-                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(2))
+    storage = RDBStorage(
+        url,
+        heartbeat_interval=beat,
+        grace_period=beat,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(2),
+    )
     return url, storage
 
 
@@ -89,8 +93,7 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(tmp_pat
     orphan = study.ask()  # its worker "died" here: RUNNING, no heartbeat ever sent
     orphan.suggest_float("x", 0.0, 1.0)
     orphan.suggest_int("n", 1, 9)
-    outcome = _in_thread(lambda: run_trials(study, _quick, storage_url=url, total=1,
-                                            poll_s=0.1))
+    outcome = _in_thread(lambda: run_trials(study, _quick, storage_url=url, total=1, poll_s=0.1))
     assert outcome.reason == "budget"
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
@@ -139,8 +142,9 @@ def test_failures_in_a_row_stop_the_run_with_the_last_reason(tmp_path):
         trial.suggest_float("x", 0.0, 1.0)
         raise RuntimeError(f"bug in trial {trial.number}")
 
-    outcome = _in_thread(lambda: run_trials(study, broken, storage_url=url, total=50,
-                                            max_failures=3))
+    outcome = _in_thread(
+        lambda: run_trials(study, broken, storage_url=url, total=50, max_failures=3)
+    )
     assert outcome.reason == "failures"
     assert outcome.last_failure == "RuntimeError: bug in trial 2"
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * 3
@@ -155,8 +159,7 @@ def test_a_good_trial_resets_the_failures_in_a_row(tmp_path):
             raise RuntimeError("flaky")
         return x
 
-    outcome = _in_thread(lambda: run_trials(study, flaky, storage_url=url, total=9,
-                                            max_failures=3))
+    outcome = _in_thread(lambda: run_trials(study, flaky, storage_url=url, total=9, max_failures=3))
     assert outcome.reason == "budget" and outcome.trials_run == 9
 
 
@@ -166,8 +169,9 @@ def test_zero_max_failures_never_stops(tmp_path):
     def broken(trial, stop):
         raise RuntimeError("always")
 
-    outcome = _in_thread(lambda: run_trials(study, broken, storage_url=url, total=7,
-                                            max_failures=0))
+    outcome = _in_thread(
+        lambda: run_trials(study, broken, storage_url=url, total=7, max_failures=0)
+    )
     assert outcome.reason == "budget" and outcome.trials_run == 7
 
 
@@ -179,8 +183,11 @@ def test_an_exception_in_a_worker_thread_is_raised_in_the_main_thread(tmp_path, 
         raise OSError(f"callback broke on trial {frozen.number}")
 
     with pytest.raises(OSError, match="callback broke"):
-        _in_thread(lambda: run_trials(study, _quick, storage_url=url, total=4, jobs=jobs,
-                                      on_trial_end=on_trial_end))
+        _in_thread(
+            lambda: run_trials(
+                study, _quick, storage_url=url, total=4, jobs=jobs, on_trial_end=on_trial_end
+            )
+        )
 
 
 def test_a_trial_whose_worker_dies_on_every_attempt_is_abandoned_with_its_reason(tmp_path):
@@ -216,7 +223,8 @@ def test_an_interrupted_last_attempt_says_it_is_abandoned_not_queued(tmp_path):
     last = study.get_trials()[-1]
     assert last.number == 2 and last.state == TrialState.FAIL
     assert last.user_attrs["fail_reason"] == (
-        "interrupted by the user: at epoch 1 step 3; abandoned after 3 attempts")
+        "interrupted by the user: at epoch 1 step 3; abandoned after 3 attempts"
+    )
     assert not study.get_trials(states=(TrialState.WAITING,))
 
 

@@ -13,20 +13,21 @@ from search.manifest import trial_seed
 
 
 def test_failed_trials_in_a_row_end_the_command_with_exit_1_and_the_reason(
-        tmp_path, monkeypatch, capsys):
+    tmp_path, monkeypatch, capsys
+):
     def broken(trial, settings, stop):
         trial.suggest_float("lr", 3e-3, 3e-2, log=True)
         raise KeyError("a systematic bug")
 
     monkeypatch.setattr(search.objective, "objective", broken)
-    args = study_args(tmp_path, write_tiny_data(tmp_path), "--trials", "20",
-                      "--max-failures", "2")
+    args = study_args(tmp_path, write_tiny_data(tmp_path), "--trials", "20", "--max-failures", "2")
     assert run_study.main(args) == 1
     err = capsys.readouterr().err
     assert "stopped after 2 failed trials in a row" in err
     assert "KeyError: 'a systematic bug'" in err
-    trials = optuna.load_study(study_name="tiny",
-                               storage=f"sqlite:///{tmp_path / 'study.db'}").get_trials()
+    trials = optuna.load_study(
+        study_name="tiny", storage=f"sqlite:///{tmp_path / 'study.db'}"
+    ).get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
 
 
@@ -37,11 +38,21 @@ def test_the_jobs_help_says_it_trades_reproducibility_for_speed(capsys):
 
 @pytest.mark.slow
 def test_jobs_2_still_records_each_trials_complete_params_and_seed(tmp_path):
-    args = study_args(tmp_path, write_tiny_data(tmp_path), "--trials", "3", "--epochs", "2",
-                      "--jobs", "2", "--no-prune")
+    args = study_args(
+        tmp_path,
+        write_tiny_data(tmp_path),
+        "--trials",
+        "3",
+        "--epochs",
+        "2",
+        "--jobs",
+        "2",
+        "--no-prune",
+    )
     assert run_study.main(args) == 0
-    trials = optuna.load_study(study_name="tiny",
-                               storage=f"sqlite:///{tmp_path / 'study.db'}").get_trials()
+    trials = optuna.load_study(
+        study_name="tiny", storage=f"sqlite:///{tmp_path / 'study.db'}"
+    ).get_trials()
     searched = {k for k, v in TINY_DEFINITION["space"].items() if isinstance(v, dict)}
     assert sorted(t.number for t in trials) == [0, 1, 2]
     for t in trials:  # what a rerun with --jobs 1 needs: every param, and the trial's seed

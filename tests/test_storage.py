@@ -10,8 +10,10 @@ from search.errors import StudyError
 from search.storage import open_storage
 
 
-@pytest.mark.parametrize("url", ["mysql://root:s3cret@db.example/optuna",
-                                 "mysql+pymysql://root:s3cret@db.example/optuna"])
+@pytest.mark.parametrize(
+    "url",
+    ["mysql://root:s3cret@db.example/optuna", "mysql+pymysql://root:s3cret@db.example/optuna"],
+)
 def test_mysql_urls_are_refused_without_showing_the_password(url):
     with pytest.raises(StudyError, match=r"MySQL is not supported.*postgresql://") as info:
         open_storage(url)

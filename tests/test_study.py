@@ -92,20 +92,28 @@ def test_trial_that_cannot_learn_is_pruned_with_the_median_it_trailed(tmp_path, 
 def more_val_clips(tmp_path_factory):
     """Tiny clips, but enough per class that a paired test on validation can be significant."""
     out = tmp_path_factory.mktemp("shards-paired")
-    write_synthetic(out, clips_per_class=100, frames=30, dim=16, classes=3, seed=3,
-                    shard_size=60, workers=1)
+    write_synthetic(
+        out, clips_per_class=100, frames=30, dim=16, classes=3, seed=3, shard_size=60, workers=1
+    )
     return str(out / "*.tfrecord*")
 
 
 @pytest.mark.slow
 def test_paired_pruner_prunes_a_trial_that_cannot_learn_with_the_test_it_failed(
-        tmp_path, more_val_clips):
+    tmp_path, more_val_clips
+):
     def paired_args(trials: str) -> list[str]:
         args = study_args(tmp_path, more_val_clips, "--trials", trials)  # writes the definition
-        write_definition(tmp_path, train={"max_epochs": 6, "patience": 0},
-                         space={**TINY_DEFINITION["space"], "batch_size": 8,
-                                "lr": {"low": 1e-2, "high": 3e-2, "log": True}},
-                         pruner={"kind": "paired", "startup_trials": 2, "warmup_epochs": 2})
+        write_definition(
+            tmp_path,
+            train={"max_epochs": 6, "patience": 0},
+            space={
+                **TINY_DEFINITION["space"],
+                "batch_size": 8,
+                "lr": {"low": 1e-2, "high": 3e-2, "log": True},
+            },
+            pruner={"kind": "paired", "startup_trials": 2, "warmup_epochs": 2},
+        )
         return args
 
     assert run_study.main(paired_args("3")) == 0
@@ -113,8 +121,10 @@ def test_paired_pruner_prunes_a_trial_that_cannot_learn_with_the_test_it_failed(
     for t in study.trials:  # every epoch's per-clip outcomes are on record for other workers
         assert t.user_attrs["val_num_classes"] == 3
         assert t.user_attrs["stopped_early"] is False and t.user_attrs["epochs_run"] == 6
-        assert all(set(t.user_attrs[f"val_clips/{e}"]) == {"correct", "loss"}
-                   for e in t.intermediate_values)
+        assert all(
+            set(t.user_attrs[f"val_clips/{e}"]) == {"correct", "loss"}
+            for e in t.intermediate_values
+        )
     study.enqueue_trial({"cell": "gru", "layers": 1, "hidden": 8, "lr": 1e-9, "clip_norm": 1.0})
     assert run_study.main(paired_args("4")) == 0
     dull = _load(tmp_path).trials[3]
@@ -131,7 +141,8 @@ def test_paired_pruner_prunes_a_trial_that_cannot_learn_with_the_test_it_failed(
 def test_diverging_trial_is_pruned_at_once_with_its_reason(tmp_path, data):
     assert run_study.main(study_args(tmp_path, data, "--trials", "0")) == 0
     _load(tmp_path).enqueue_trial(
-        {"cell": "lstm", "layers": 1, "hidden": 8, "lr": 1e6, "clip_norm": 5.0})
+        {"cell": "lstm", "layers": 1, "hidden": 8, "lr": 1e6, "clip_norm": 5.0}
+    )
     assert run_study.main(study_args(tmp_path, data, "--trials", "1")) == 0
     trial = _load(tmp_path).trials[0]
     assert trial.state == TrialState.PRUNED
@@ -158,7 +169,8 @@ def test_journal_file_storage_is_accepted(tmp_path, data):
     args[args.index("--storage") + 1] = f"journal:///{journal}"
     assert run_study.main(args) == 0
     storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(journal)))
+        optuna.storages.journal.JournalFileBackend(str(journal))
+    )
     assert len(optuna.load_study(study_name="tiny", storage=storage).trials) == 2
 
 

@@ -62,7 +62,8 @@ def test_a_plot_optuna_cannot_draw_is_explained_and_the_others_are_kept(monkeypa
     plots = study_plots(_study([0.2, 0.4]), ("optimization_history", "param_importances"))
     assert set(plots.figures) == {"optimization_history"}
     assert plots.missing == {
-        "param_importances": "Not available for this study yet: no parameter varies"}
+        "param_importances": "Not available for this study yet: no parameter varies"
+    }
     assert "Optuna plot param_importances failed" in caplog.text
 
 

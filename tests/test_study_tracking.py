@@ -32,15 +32,13 @@ def test_every_trial_logs_one_closed_run_with_its_state(tmp_path, data, capsys):
     study = _study(tmp_path)
     # One diverging trial (pruned at once) and one too big to allocate (failed).
     study.enqueue_trial({"cell": "gru", "layers": 1, "hidden": 8, "lr": 1e6, "clip_norm": 1.0})
-    study.enqueue_trial({"cell": "gru", "layers": 1, "hidden": 10**7, "lr": 1e-3,
-                         "clip_norm": 1.0})
+    study.enqueue_trial({"cell": "gru", "layers": 1, "hidden": 10**7, "lr": 1e-3, "clip_norm": 1.0})
     # And one the median rule stops: it cannot learn.
     study.enqueue_trial({"cell": "gru", "layers": 1, "hidden": 8, "lr": 1e-9, "clip_norm": 1.0})
     assert run_study.main(_offline_args(tmp_path, data, "--trials", "6")) == 0
     out = capsys.readouterr().out
     trials = _study(tmp_path).trials
-    assert [t.state for t in trials[3:]] == [TrialState.PRUNED, TrialState.FAIL,
-                                             TrialState.PRUNED]
+    assert [t.state for t in trials[3:]] == [TrialState.PRUNED, TrialState.FAIL, TrialState.PRUNED]
 
     runs = offline_runs(tmp_path / "runs" / "tiny")
     by_name = {r.name: r for r in runs if r.job_type == "trial"}
@@ -52,8 +50,14 @@ def test_every_trial_logs_one_closed_run_with_its_state(tmp_path, data, capsys):
         assert t.user_attrs["wandb_run"] == str(run.dir)
         for key, value in t.params.items():
             assert run.config[key] == value
-        assert {"batch_size", "epochs_budget", "data_fingerprint", "split", "device",
-                "seed"} <= set(run.config)
+        assert {
+            "batch_size",
+            "epochs_budget",
+            "data_fingerprint",
+            "split",
+            "device",
+            "seed",
+        } <= set(run.config)
         # The pruner's values, at the pruner's steps.
         logged = {row["epoch"]: v for v, row in run.column("val/top1")}
         assert logged == {int(k): v for k, v in t.intermediate_values.items()}
@@ -81,8 +85,10 @@ def test_every_trial_logs_one_closed_run_with_its_state(tmp_path, data, capsys):
 
 @pytest.mark.slow
 def test_concurrent_trials_keep_their_metrics_apart(tmp_path, data):
-    assert run_study.main(_offline_args(tmp_path, data, "--trials", "2", "--jobs", "2",
-                                        "--no-prune")) == 0
+    assert (
+        run_study.main(_offline_args(tmp_path, data, "--trials", "2", "--jobs", "2", "--no-prune"))
+        == 0
+    )
     trials = _study(tmp_path).trials
     runs = {r.name: r for r in offline_runs(tmp_path / "runs" / "tiny") if r.job_type == "trial"}
     assert len(runs) == 2

@@ -22,17 +22,22 @@ def test_same_arguments_give_the_same_bytes_whatever_the_workers(tmp_path):
     kwargs = dict(clips_per_class=5, frames=20, dim=16, classes=3, seed=7, shard_size=4)
     one = write_synthetic(tmp_path / "one", workers=1, **kwargs)
     two = write_synthetic(tmp_path / "two", workers=2, **kwargs)
-    assert [p.name for p in one] == [p.name for p in two] == [
-        f"synthetic-{i:05d}-of-00004.tfrecord" for i in range(4)
-    ]
+    assert (
+        [p.name for p in one]
+        == [p.name for p in two]
+        == [f"synthetic-{i:05d}-of-00004.tfrecord" for i in range(4)]
+    )
     assert [p.read_bytes() for p in one] == [p.read_bytes() for p in two]
     other = write_synthetic(tmp_path / "other", workers=1, **{**kwargs, "seed": 8})
     assert [p.read_bytes() for p in other] != [p.read_bytes() for p in one]
 
 
 def test_clips_carry_real_class_names_and_ids(tmp_path):
-    clips = read_all(write_synthetic(tmp_path, clips_per_class=1, frames=8, dim=4, classes=101,
-                                     seed=0, workers=1))
+    clips = read_all(
+        write_synthetic(
+            tmp_path, clips_per_class=1, frames=8, dim=4, classes=101, seed=0, workers=1
+        )
+    )
     assert [c.label for c in clips] == list(range(1, 102))
     assert [c.text for c in clips] == list(CLASS_NAMES)
     assert (clips[34].text, clips[35].text) == ("Hammering", "HammerThrow")
@@ -42,16 +47,20 @@ def test_clips_carry_real_class_names_and_ids(tmp_path):
 
 
 def test_first_k_classes_are_written(tmp_path):
-    clips = read_all(write_synthetic(tmp_path, clips_per_class=2, frames=8, dim=4, classes=3,
-                                     seed=0, workers=1))
+    clips = read_all(
+        write_synthetic(tmp_path, clips_per_class=2, frames=8, dim=4, classes=3, seed=0, workers=1)
+    )
     assert sorted({c.label for c in clips}) == [1, 2, 3]
     assert {c.text for c in clips} == set(CLASS_NAMES[:3])
 
 
 @pytest.mark.parametrize(("per_class", "groups"), [(50, range(1, 26)), (10, None)])
 def test_clips_spread_over_the_25_groups(tmp_path, per_class, groups):
-    clips = read_all(write_synthetic(tmp_path, clips_per_class=per_class, frames=8, dim=4,
-                                     classes=2, seed=0, workers=1))
+    clips = read_all(
+        write_synthetic(
+            tmp_path, clips_per_class=per_class, frames=8, dim=4, classes=2, seed=0, workers=1
+        )
+    )
     names = [parse_clip_name(c.filename) for c in clips]
     assert len({c.filename for c in clips}) == len(clips) == 2 * per_class
     for class_name in CLASS_NAMES[:2]:
@@ -66,17 +75,23 @@ def test_clips_spread_over_the_25_groups(tmp_path, per_class, groups):
 
 def test_lengths_spread_like_ucf101_and_records_are_zero_padded(tmp_path):
     frames = 100
-    paths = write_synthetic(tmp_path, clips_per_class=300, frames=frames, dim=4, classes=1,
-                            seed=0, workers=1)
+    paths = write_synthetic(
+        tmp_path, clips_per_class=300, frames=frames, dim=4, classes=1, seed=0, workers=1
+    )
     lengths = np.array([c.sequence_length for c in read_all(paths)])
     assert lengths.min() >= 0.3 * frames - 1 and lengths.max() == frames
     assert 0.1 < (lengths == frames).mean() < 0.3  # clips of 10 s or more
     assert (lengths < 0.5 * frames).mean() > 0.15  # many clips far shorter than 10 s
     # read back by an independent reader: every record stores `frames` frames, label 0 on padding
     for (context, lists), n in zip(
-        tfrecord_loader(str(paths[0]), None, {"sequence_length": "int"},
-                        sequence_description={"features": "float", "labels": "int"}),
-        lengths, strict=False,
+        tfrecord_loader(
+            str(paths[0]),
+            None,
+            {"sequence_length": "int"},
+            sequence_description={"features": "float", "labels": "int"},
+        ),
+        lengths,
+        strict=False,
     ):
         assert int(context["sequence_length"][0]) == n
         assert len(lists["features"]) == frames
@@ -86,8 +101,11 @@ def test_lengths_spread_like_ucf101_and_records_are_zero_padded(tmp_path):
 
 
 def test_features_are_non_negative_with_zeros_like_relu(tmp_path):
-    clips = read_all(write_synthetic(tmp_path, clips_per_class=5, frames=30, dim=64, classes=4,
-                                     seed=0, workers=1))
+    clips = read_all(
+        write_synthetic(
+            tmp_path, clips_per_class=5, frames=30, dim=64, classes=4, seed=0, workers=1
+        )
+    )
     values = np.concatenate([c.features for c in clips])
     assert values.min() == 0.0
     assert 0.05 < (values == 0).mean() < 0.6
@@ -105,11 +123,13 @@ def test_classes_of_a_family_share_events_in_different_orders():
 
 
 def test_rerun_with_other_arguments_removes_old_shards(tmp_path):
-    write_synthetic(tmp_path, clips_per_class=4, frames=8, dim=4, classes=2, seed=0,
-                    shard_size=2, workers=1)
+    write_synthetic(
+        tmp_path, clips_per_class=4, frames=8, dim=4, classes=2, seed=0, shard_size=2, workers=1
+    )
     (tmp_path / "keep.txt").write_text("not ours")
-    paths = write_synthetic(tmp_path, clips_per_class=4, frames=8, dim=4, classes=2, seed=0,
-                            shard_size=4, workers=1)
+    paths = write_synthetic(
+        tmp_path, clips_per_class=4, frames=8, dim=4, classes=2, seed=0, shard_size=4, workers=1
+    )
     assert sorted(tmp_path.iterdir()) == sorted([*paths, tmp_path / "keep.txt"])
 
 
@@ -121,8 +141,22 @@ def test_bad_arguments_are_a_data_error(tmp_path):
 
 
 def test_cli_prints_speed(tmp_path, capsys):
-    code = synthetic.main(["--out", str(tmp_path), "--clips-per-class", "2", "--classes", "3",
-                           "--frames", "10", "--dim", "8", "--workers", "1"])
+    code = synthetic.main(
+        [
+            "--out",
+            str(tmp_path),
+            "--clips-per-class",
+            "2",
+            "--classes",
+            "3",
+            "--frames",
+            "10",
+            "--dim",
+            "8",
+            "--workers",
+            "1",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "wrote 6 clips in 1 shards" in out and "MB/s" in out and "clips/s" in out
@@ -181,8 +215,11 @@ def test_order_of_events_defines_the_class_and_groups_leak_across_a_clip_split(
     tmp_path, one_torch_thread
 ):
     frames, dim, classes = 60, 64, 10
-    clips = read_all(write_synthetic(tmp_path, clips_per_class=50, frames=frames, dim=dim,
-                                     classes=classes, seed=0, workers=1))
+    clips = read_all(
+        write_synthetic(
+            tmp_path, clips_per_class=50, frames=frames, dim=dim, classes=classes, seed=0, workers=1
+        )
+    )
     x = torch.zeros(len(clips), frames, dim)
     for i, c in enumerate(clips):
         x[i, : c.sequence_length] = torch.from_numpy(c.features)

@@ -44,8 +44,9 @@ def _no_credentials(monkeypatch, tmp_path_factory):
 
 
 def _cfg(tmp_path: Path, mode: str = "offline", **kw) -> TrackingConfig:
-    return TrackingConfig(mode=mode, project="ucf101-test", group="study-a", dir=str(tmp_path),
-                          **kw)
+    return TrackingConfig(
+        mode=mode, project="ucf101-test", group="study-a", dir=str(tmp_path), **kw
+    )
 
 
 def test_trial_run_records_group_job_type_name_and_config(tmp_path):
@@ -57,7 +58,11 @@ def test_trial_run_records_group_job_type_name_and_config(tmp_path):
     got = runs[0]
     assert Path(run.path) == got.dir
     assert (got.project, got.group, got.job_type, got.name) == (
-        "ucf101-test", "study-a", "trial", "trial-7")
+        "ucf101-test",
+        "study-a",
+        "trial",
+        "trial-7",
+    )
     assert got.config == params
     assert got.exit_code == 0
 
@@ -67,8 +72,9 @@ def test_epoch_metrics_are_logged_against_epoch_and_steps_against_train_step(tmp
         for step in (20, 40):
             run.log_step({"train/loss": 1.0 / step, "train/examples_per_s": 100.0}, step)
         for epoch in (1, 2, 3):
-            run.log_epoch(epoch, {"val/loss": 2.0 - epoch / 10, "val/top1": epoch / 10,
-                                  "val/top5": epoch / 5})
+            run.log_epoch(
+                epoch, {"val/loss": 2.0 - epoch / 10, "val/top1": epoch / 10, "val/top5": epoch / 5}
+            )
         run.finish("complete", {})
     got = read_run(run.path)
     val = [(row["epoch"], row["val/top1"], row["val/top5"]) for _, row in got.column("val/top1")]
@@ -85,8 +91,11 @@ def test_epoch_metrics_are_logged_against_epoch_and_steps_against_train_step(tmp
     ("state", "summary", "exit_code"),
     [
         ("complete", {"best_val_top1": 0.61}, 0),
-        ("pruned", {"best_val_top1": 0.2, "pruned_epoch": 3, "pruned_value": 0.2,
-                    "pruned_median": 0.35}, 0),
+        (
+            "pruned",
+            {"best_val_top1": 0.2, "pruned_epoch": 3, "pruned_value": 0.2, "pruned_median": 0.35},
+            0,
+        ),
         ("failed", {"fail_reason": "TrainingDiverged: loss is nan at epoch 2"}, 1),
     ],
 )
@@ -177,8 +186,9 @@ def test_concurrent_trials_in_threads_keep_their_metrics_apart(tmp_path):
                 paths[number] = run.path
                 start.wait(timeout=30)
                 for step in range(30):
-                    run.log_step({f"train/loss_{number}": float(number), "train/top1": number},
-                                 step)
+                    run.log_step(
+                        {f"train/loss_{number}": float(number), "train/top1": number}, step
+                    )
                 for epoch in range(1, 4):
                     run.log_epoch(epoch, {"val/top1": number + epoch / 10})
                 run.finish("complete", {"best_val_top1": number + 0.3})
@@ -202,7 +212,8 @@ def test_concurrent_trials_in_threads_keep_their_metrics_apart(tmp_path):
         assert f"train/loss_{other}" not in keys
         assert {row["train/top1"] for _, row in got.column("train/top1")} == {number}
         assert [v for v, _ in got.column("val/top1")] == pytest.approx(
-            [number + 0.1, number + 0.2, number + 0.3])
+            [number + 0.1, number + 0.2, number + 0.3]
+        )
         assert got.summary["best_val_top1"] == number + 0.3
 
 
@@ -248,16 +259,22 @@ def test_study_run_logs_a_table_of_all_trials_plots_and_confusion_matrix(tmp_pat
         assert row["duration_s"] >= 0
     assert rows[3]["value"] == pytest.approx(study.trials[3].value)  # last reported value
 
-    cells = {(r["Actual"], r["Predicted"]): r["nPredictions"]
-             for r in read_table(tables["best_confusion_matrix_table"])}
+    cells = {
+        (r["Actual"], r["Predicted"]): r["nPredictions"]
+        for r in read_table(tables["best_confusion_matrix_table"])
+    }
     assert len(cells) == 9  # the empty background row/column is left out
     assert cells[("Archery", "Archery")] == 5
     assert cells[("Biking", "Diving")] == 2
     assert cells[("Diving", "Biking")] == 0
 
     plots = {p.name.split("_0_")[0] for p in media_files(got, "plotly") if p.is_file()}
-    assert plots == {"optimization_history", "intermediate_values", "parallel_coordinate",
-                     "param_importances"}
+    assert plots == {
+        "optimization_history",
+        "intermediate_values",
+        "parallel_coordinate",
+        "param_importances",
+    }
 
 
 def test_study_run_leaves_out_importances_until_two_trials_complete(tmp_path):
@@ -272,27 +289,51 @@ def test_study_run_leaves_out_importances_until_two_trials_complete(tmp_path):
 
 def _tables_by_key(run) -> dict[str, Path]:
     root = run.dir / "files" / "media" / "table"
-    return {str(p.relative_to(root)).split("_0_")[0]: p
-            for p in media_files(run, "table") if p.is_file()}
+    return {
+        str(p.relative_to(root)).split("_0_")[0]: p
+        for p in media_files(run, "table")
+        if p.is_file()
+    }
 
 
 def test_study_run_carries_final_refit_audit_and_protocol(tmp_path):
     study = _study(n_complete=2, n_pruned=1)
     per_class = [0.5] * 20 + [None]
-    study.set_user_attr("final", {
-        "trial_number": 1, "weights": "reloaded", "params": {"cell": "gru", "lr": 0.01},
-        "test": {"top1": 0.61, "top5": 0.9, "per_class": per_class, "confusion": [[1, 0], [0, 1]]},
-        "refit": {"epochs": 4, "train_clips": 300, "test": {"top1": 0.64, "top5": 0.91}},
-    })
-    study.set_user_attr("audit", {
-        "audited": 2, "false_prune_rate": 0.5, "interval95": [0.09, 0.91],
-        "reruns": [{"number": 2, "final_value": 0.7, "beat_median": True},
-                   {"number": 3, "final_value": 0.2, "beat_median": False}],
-    })
-    study.set_user_attr("protocol", {
-        "mean_top1": 0.6, "std_top1": 0.02,
-        "splits": [{"split": 1, "top1": 0.58}, {"split": 2, "top1": 0.62}],
-    })
+    study.set_user_attr(
+        "final",
+        {
+            "trial_number": 1,
+            "weights": "reloaded",
+            "params": {"cell": "gru", "lr": 0.01},
+            "test": {
+                "top1": 0.61,
+                "top5": 0.9,
+                "per_class": per_class,
+                "confusion": [[1, 0], [0, 1]],
+            },
+            "refit": {"epochs": 4, "train_clips": 300, "test": {"top1": 0.64, "top5": 0.91}},
+        },
+    )
+    study.set_user_attr(
+        "audit",
+        {
+            "audited": 2,
+            "false_prune_rate": 0.5,
+            "interval95": [0.09, 0.91],
+            "reruns": [
+                {"number": 2, "final_value": 0.7, "beat_median": True},
+                {"number": 3, "final_value": 0.2, "beat_median": False},
+            ],
+        },
+    )
+    study.set_user_attr(
+        "protocol",
+        {
+            "mean_top1": 0.6,
+            "std_top1": 0.02,
+            "splits": [{"split": 1, "top1": 0.58}, {"split": 2, "top1": 0.62}],
+        },
+    )
     got = read_run(tracking.log_study_run(_cfg(tmp_path), study, None, []))
     assert got.exit_code == 0
     s = got.summary
@@ -414,7 +455,8 @@ def test_online_init_that_cannot_reach_the_server_falls_back_to_offline(
 def test_sync_command_names_the_offline_run_folders(tmp_path):
     cfg = _cfg(tmp_path / "my runs")
     assert tracking.sync_command(cfg) == (
-        f"wandb sync '{(tmp_path / 'my runs').resolve()}/wandb'/offline-run-*")
+        f"wandb sync '{(tmp_path / 'my runs').resolve()}/wandb'/offline-run-*"
+    )
     assert tracking.sync_command(_cfg(tmp_path, mode="online")) is None  # nothing fell back
 
 
@@ -435,8 +477,11 @@ def test_report_spec_has_parallel_coordinates_importance_and_the_group_runs():
     assert grid.runsets[0].filters == "Group = \"study-a\" and JobType = 'trial'"
     coords = next(p for p in grid.panels if isinstance(p, wr.ParallelCoordinatesPlot))
     assert [c.metric for c in coords.columns] == [
-        wr.Config("lr"), wr.Config("hidden"), wr.Config("cell"),
-        wr.SummaryMetric(tracking.BEST_METRIC)]
+        wr.Config("lr"),
+        wr.Config("hidden"),
+        wr.Config("cell"),
+        wr.SummaryMetric(tracking.BEST_METRIC),
+    ]
     importance = next(p for p in grid.panels if isinstance(p, wr.ParameterImportancePlot))
     assert importance.with_respect_to == tracking.BEST_METRIC
     assert (report.entity, report.project) == ("ent", "ucf101-test")

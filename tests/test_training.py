@@ -103,10 +103,17 @@ def test_clipped_global_norm_never_exceeds_the_limit():
     post_clip: list[float] = []
 
     def measure(optimizer, args, kwargs):  # runs inside train, just before each optimizer step
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"]
-                 if p.grad is not None]
-        post_clip.append(torch.linalg.vector_norm(torch.stack(
-            [torch.linalg.vector_norm(g) for g in grads])).item())
+        grads = [
+            p.grad
+            for group in optimizer.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        ]
+        post_clip.append(
+            torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g) for g in grads])
+            ).item()
+        )
 
     handle = register_optimizer_step_pre_hook(measure)
     try:
@@ -159,8 +166,10 @@ def test_without_validation_trains_every_epoch_and_keeps_the_last_epochs_weights
     assert [r.epoch for r in result.epochs] == [1, 2, 3, 4, 5, 6]
     assert result.best_epoch == 6
     assert math.isnan(result.best_val_top1)
-    assert all(math.isnan(r.val_loss) and math.isnan(r.val_top1) and math.isnan(r.val_top5)
-               for r in result.epochs)
+    assert all(
+        math.isnan(r.val_loss) and math.isnan(r.val_top1) and math.isnan(r.val_top5)
+        for r in result.epochs
+    )
     # validation draws no random numbers: the same training run, minus the scoring
     assert [r.train_loss for r in result.epochs] == [r.train_loss for r in with_val.epochs]
     assert all(torch.equal(model.state_dict()[k], last_with_val[k]) for k in last_with_val)
@@ -187,10 +196,12 @@ def test_patience_stops_a_plateaued_run_at_the_epoch_the_rule_names():
     result = train(model, data, val, TrainConfig(lr=1e-2, epochs=12, patience=2))
     assert result.epochs_run == stop and result.stopped_early
     assert [without_timing(r) for r in result.epochs] == [
-        without_timing(r) for r in full.epochs[:stop]]
+        without_timing(r) for r in full.epochs[:stop]
+    ]
     assert result.best_epoch == stop - 2
     assert evaluate(model, val).loss == pytest.approx(
-        full.epochs[stop - 3].val_loss, rel=1e-5)  # the model holds the best epoch's weights
+        full.epochs[stop - 3].val_loss, rel=1e-5
+    )  # the model holds the best epoch's weights
     assert not full.stopped_early and full.epochs_run == 12
 
 
@@ -224,8 +235,14 @@ def test_callbacks_run_per_epoch_and_every_log_every_steps_and_errors_propagate(
             raise Pruned
 
     with pytest.raises(Pruned):
-        train(make_model(kind="bag"), data, data, TrainConfig(epochs=10, log_every=5),
-              on_epoch=on_epoch, on_step=steps.append)
+        train(
+            make_model(kind="bag"),
+            data,
+            data,
+            TrainConfig(epochs=10, log_every=5),
+            on_epoch=on_epoch,
+            on_step=steps.append,
+        )
     assert [r.epoch for r in epochs] == [1, 2, 3]
     assert [(s.step, s.epoch) for s in steps] == [(5, 2), (10, 3)]
     assert all(0 <= s.top1 <= 1 and s.loss > 0 and s.examples_per_s > 0 for s in steps)
@@ -255,8 +272,13 @@ def test_nan_feature_stops_the_run_with_its_epoch_and_step_before_any_bad_update
     model = make_model(cell="gru")
     seen: list[dict] = []
     with pytest.raises(TrainingDiverged) as info:
-        train(model, PoisonedLoader(data, epoch=2, step=3), data, TrainConfig(epochs=5),
-              on_epoch=lambda r: seen.append({k: v.clone() for k, v in model.state_dict().items()}))
+        train(
+            model,
+            PoisonedLoader(data, epoch=2, step=3),
+            data,
+            TrainConfig(epochs=5),
+            on_epoch=lambda r: seen.append({k: v.clone() for k, v in model.state_dict().items()}),
+        )
     e = info.value
     assert (e.epoch, e.step) == (2, 7)
     assert e.reason == (
@@ -271,8 +293,11 @@ def test_huge_learning_rate_diverges_with_a_clear_reason():
     data = tiny_set()
     # Adam's steps are about lr in size whatever the gradient, and the cells saturate, so it
     # takes weights near float32's limit (3.4e38) for the logits to overflow
-    with pytest.raises(TrainingDiverged, match=r"^loss became (nan|inf) at epoch \d+ step \d+ "
-                                               r"\(global step \d+\); lower the learning rate"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"^loss became (nan|inf) at epoch \d+ step \d+ "
+        r"\(global step \d+\); lower the learning rate",
+    ):
         train(make_model(cell="lstm"), data, data, TrainConfig(lr=1e37, clip_norm=0, epochs=5))
 
 
@@ -280,8 +305,11 @@ def test_learning_rate_beyond_float32_in_adams_first_step_diverges_before_traini
     data = tiny_set()
     model = make_model(cell="lstm")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(TrainingDiverged, match=r"becomes inf in float32 .* at epoch 1 step 1 .*"
-                                               r"lower the learning rate") as info:
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"becomes inf in float32 .* at epoch 1 step 1 .*"
+        r"lower the learning rate",
+    ) as info:
         train(model, data, data, TrainConfig(lr=1e38, epochs=1))
     assert (info.value.epoch, info.value.step) == (1, 1)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -314,8 +342,10 @@ def test_weight_decay_is_decoupled_and_on_weight_matrices_only():
 
     def record(optimizer, args, kwargs):
         if not groups:
-            groups.extend((g["weight_decay"], sorted(p.dim() for p in g["params"]))
-                          for g in optimizer.param_groups)
+            groups.extend(
+                (g["weight_decay"], sorted(p.dim() for p in g["params"]))
+                for g in optimizer.param_groups
+            )
             assert isinstance(optimizer, torch.optim.AdamW)
 
     torch.manual_seed(0)
@@ -342,8 +372,12 @@ def test_cuda_bf16_training_learns_and_stops_on_nan_without_bad_updates():
     assert result.best_val_top1 >= 0.9
     model = make_model(cell="gru")
     with pytest.raises(TrainingDiverged, match="epoch 1 step 2"):
-        train(model, PoisonedLoader(data, epoch=1, step=2), data,
-              TrainConfig(epochs=1, device="cuda", log_every=3))
+        train(
+            model,
+            PoisonedLoader(data, epoch=1, step=2),
+            data,
+            TrainConfig(epochs=1, device="cuda", log_every=3),
+        )
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
 
 

@@ -65,9 +65,14 @@ def _start(args: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled"}
     # A shell that starts pytest in the background makes its children ignore SIGINT, and a
     # worker started so would never see the Ctrl-C these tests send: restore the default.
-    return subprocess.Popen([sys.executable, str(REPO / "run_study.py"), *args], cwd=REPO,
-                            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            preexec_fn=_default_sigint)
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "run_study.py"), *args],
+        cwd=REPO,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        preexec_fn=_default_sigint,
+    )
 
 
 def _default_sigint() -> None:
@@ -84,7 +89,8 @@ def _wait_running(storage: str, name: str, timeout: float = 120.0) -> optuna.tri
     while time.monotonic() < deadline:
         try:
             running = optuna.load_study(study_name=name, storage=storage).get_trials(
-                states=(TrialState.RUNNING,))
+                states=(TrialState.RUNNING,)
+            )
         except KeyError:
             running = []
         drawn = [t for t in running if set(t.params) == SPACE]
@@ -96,8 +102,11 @@ def _wait_running(storage: str, name: str, timeout: float = 120.0) -> optuna.tri
 
 def _trial(storage: str, name: str, number: int) -> optuna.trial.FrozenTrial:
     """Return the trial as stored now (not a snapshot taken while it was still running)."""
-    (trial,) = [t for t in optuna.load_study(study_name=name, storage=storage).get_trials()
-                if t.number == number]
+    (trial,) = [
+        t
+        for t in optuna.load_study(study_name=name, storage=storage).get_trials()
+        if t.number == number
+    ]
     return trial
 
 
@@ -108,8 +117,17 @@ def test_three_workers_share_one_budget_exactly(tmp_path, data, pg_study):
     workers = []
     for i in range(3):
         (tmp_path / str(i)).mkdir()
-        args = _args(tmp_path / str(i), data, pg_study, PG_URL, "--trials", "7", "--epochs", "40",
-                     "--no-prune")
+        args = _args(
+            tmp_path / str(i),
+            data,
+            pg_study,
+            PG_URL,
+            "--trials",
+            "7",
+            "--epochs",
+            "40",
+            "--no-prune",
+        )
         workers.append(_start(args, tmp_path / f"w{i}.log"))
     codes = [w.wait(timeout=300) for w in workers]
     assert codes == [0, 0, 0], [(tmp_path / f"w{i}.log").read_text()[-2000:] for i in range(3)]
@@ -131,8 +149,12 @@ def test_killed_workers_trial_fails_and_is_retried_with_its_params(tmp_path, dat
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
     doomed = _trial(PG_URL, pg_study, running.number)  # its params as the kill left them
-    survivor = _start(_args(tmp_path, data, pg_study, PG_URL, "--trials", "1", "--epochs", "2",
-                            "--heartbeat", "1"), tmp_path / "survivor.log")
+    survivor = _start(
+        _args(
+            tmp_path, data, pg_study, PG_URL, "--trials", "1", "--epochs", "2", "--heartbeat", "1"
+        ),
+        tmp_path / "survivor.log",
+    )
     assert survivor.wait(timeout=180) == 0, (tmp_path / "survivor.log").read_text()[-3000:]
     trials = optuna.load_study(study_name=pg_study, storage=PG_URL).get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
@@ -160,8 +182,9 @@ def _interrupt_then_resume(
         (run,) = [r for r in offline_runs(tmp_path / "runs" / name) if r.job_type == "trial"]
         assert run.exit_code is not None and run.summary["trial_state"] == "failed"
     # The same command resumes: the interrupted trial's params run again, 2 trials counted.
-    again = _start(_args(tmp_path, data, name, storage, *slow[:2], "--epochs", "2"),
-                   tmp_path / "second.log")
+    again = _start(
+        _args(tmp_path, data, name, storage, *slow[:2], "--epochs", "2"), tmp_path / "second.log"
+    )
     assert again.wait(timeout=180) == 0, (tmp_path / "second.log").read_text()[-3000:]
     trials = optuna.load_study(study_name=name, storage=storage).get_trials()
     done = [t for t in trials if t.state != TrialState.FAIL]
@@ -190,8 +213,12 @@ def test_two_processes_share_one_sqlite_file_without_lock_errors(tmp_path, data)
     workers = []
     for i in range(2):
         (tmp_path / str(i)).mkdir()
-        workers.append(_start(_args(tmp_path / str(i), data, "shared", storage, "--trials", "6"),
-                              tmp_path / f"w{i}.log"))
+        workers.append(
+            _start(
+                _args(tmp_path / str(i), data, "shared", storage, "--trials", "6"),
+                tmp_path / f"w{i}.log",
+            )
+        )
     logs = [(tmp_path / f"w{i}.log") for i in range(2)]
     assert [w.wait(timeout=300) for w in workers] == [0, 0], [p.read_text()[-2000:] for p in logs]
     assert not any("database is locked" in p.read_text() for p in logs)

@@ -65,7 +65,7 @@ def read_chunks(data: bytes) -> Iterator[tuple[int, bytes]]:
             raise OfflineRunError(f"truncated chunk header at byte {pos}")
         crc, length, kind = CHUNK.unpack_from(data, pos)
         start = pos + CHUNK.size
-        payload = data[start:start + length]
+        payload = data[start : start + length]
         if len(payload) != length:
             raise OfflineRunError(f"chunk at byte {pos} wants {length} bytes, file ends first")
         if zlib.crc32(payload, zlib.crc32(bytes([kind]))) != crc:
@@ -80,7 +80,7 @@ def read_records(path: str | Path) -> Iterator[Any]:
 
     data = Path(path).read_bytes()
     if len(data) < HEADER.size or HEADER.unpack_from(data) != MAGIC:
-        raise OfflineRunError(f"{path}: not a W&B run file (header {data[:HEADER.size]!r})")
+        raise OfflineRunError(f"{path}: not a W&B run file (header {data[: HEADER.size]!r})")
     parts: list[bytes] | None = None
     for kind, payload in read_chunks(data):
         if kind == FULL and parts is None:

@@ -29,32 +29,67 @@ def build_parser() -> argparse.ArgumentParser:
         description="Extract per-frame ImageNet CNN features from UCF-101 videos into "
         "TFRecord SequenceExample shards (resumable: re-run the same command to continue).",
     )
-    p.add_argument("--videos", type=Path, required=True,
-                   help="folder of videos: UCF-101/<Class>/v_<Class>_gGG_cCC.avi, or flat")
-    p.add_argument("--out", type=Path, required=True,
-                   help="folder for the shards, e.g. data/ucf101/")
-    p.add_argument("--splits", type=Path, default=None,
-                   help="ucfTrainTestlist/ folder; labels then come from its classInd.txt "
-                   "(default: the official 101-class order built in)")
-    p.add_argument("--model", default="resnet50", choices=MODELS,
-                   help="torchvision ImageNet CNN (default: resnet50, 2048-d features)")
-    p.add_argument("--weights", type=Path, default=None,
-                   help="weights .pth file (default: torchvision's file in the torch hub cache; "
-                   "never downloaded)")
-    p.add_argument("--random-init", action="store_true",
-                   help="random weights, FOR TESTS AND BENCHMARKS ONLY: the features are noise")
+    p.add_argument(
+        "--videos",
+        type=Path,
+        required=True,
+        help="folder of videos: UCF-101/<Class>/v_<Class>_gGG_cCC.avi, or flat",
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="folder for the shards, e.g. data/ucf101/"
+    )
+    p.add_argument(
+        "--splits",
+        type=Path,
+        default=None,
+        help="ucfTrainTestlist/ folder; labels then come from its classInd.txt "
+        "(default: the official 101-class order built in)",
+    )
+    p.add_argument(
+        "--model",
+        default="resnet50",
+        choices=MODELS,
+        help="torchvision ImageNet CNN (default: resnet50, 2048-d features)",
+    )
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="weights .pth file (default: torchvision's file in the torch hub cache; "
+        "never downloaded)",
+    )
+    p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="random weights, FOR TESTS AND BENCHMARKS ONLY: the features are noise",
+    )
     p.add_argument("--fps", type=float, default=25.0, help="frames per second taken (default: 25)")
-    p.add_argument("--seconds", type=float, default=10.0,
-                   help="seconds taken from the start of each video; records are padded to "
-                   "seconds * fps frames (default: 10)")
-    p.add_argument("--image-size", type=int, default=224,
-                   help="shorter side resized to this, then centre-cropped square (default: 224)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=10.0,
+        help="seconds taken from the start of each video; records are padded to "
+        "seconds * fps frames (default: 10)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=224,
+        help="shorter side resized to this, then centre-cropped square (default: 224)",
+    )
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="frames per CNN batch (default: 256 on CUDA, 32 on CPU)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="decoding processes, 0 = decode in this process (default: CPU cores - 1, "
-                   "at most 16)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="frames per CNN batch (default: 256 on CUDA, 32 on CPU)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="decoding processes, 0 = decode in this process (default: CPU cores - 1, at most 16)",
+    )
     p.add_argument("--shard-size", type=int, default=200, help="videos per shard (default: 200)")
     return p
 
@@ -62,10 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> ExtractConfig:
     """Return the ExtractConfig the parsed flags describe."""
     return ExtractConfig(
-        videos=args.videos, out=args.out, splits=args.splits, model=args.model,
-        weights=args.weights, random_init=args.random_init, fps=args.fps, seconds=args.seconds,
-        image_size=args.image_size, device=args.device, batch_size=args.batch_size,
-        workers=args.workers, shard_size=args.shard_size,
+        videos=args.videos,
+        out=args.out,
+        splits=args.splits,
+        model=args.model,
+        weights=args.weights,
+        random_init=args.random_init,
+        fps=args.fps,
+        seconds=args.seconds,
+        image_size=args.image_size,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        shard_size=args.shard_size,
     )
 
 
@@ -91,8 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished shards are kept; re-run the same command to resume",
-              file=sys.stderr)
+        print(
+            "interrupted: finished shards are kept; re-run the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     rate = result.frames / result.seconds if result.seconds else 0.0
     print(

@@ -96,8 +96,9 @@ def _load_done(out: Path, shard: Shard) -> dict | None:
     return manifest
 
 
-def _write_shard(out: Path, shard: Shard, clips: list[records.Clip], skipped: list[Skipped],
-                 pad_to: int) -> None:
+def _write_shard(
+    out: Path, shard: Shard, clips: list[records.Clip], skipped: list[Skipped], pad_to: int
+) -> None:
     """Write one shard (nothing when every video was skipped), then its manifest."""
     if clips:
         records.write_clips(out / shard.name, clips, pad_to=pad_to)

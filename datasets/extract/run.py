@@ -123,7 +123,9 @@ def extract(cfg: ExtractConfig, progress: bool = False) -> ExtractResult:
 
     shards = plan_shards(videos, cfg.shard_size)
     result = ExtractResult(
-        shards_total=len(shards), feature_dim=encoder.feature_dim, weights=weights,
+        shards_total=len(shards),
+        feature_dim=encoder.feature_dim,
+        weights=weights,
         device=str(device),
     )
     skipped_by_shard: dict[int, list[Skipped]] = {}
@@ -138,7 +140,12 @@ def extract(cfg: ExtractConfig, progress: bool = False) -> ExtractResult:
             skipped_by_shard[shard.index] = [Skipped(**s) for s in done.get("skipped", [])]
     log.info(
         "%d videos in %d shards, %d already done; %s (%s) on %s",
-        len(videos), len(shards), result.shards_resumed, cfg.model, weights, device,
+        len(videos),
+        len(shards),
+        result.shards_resumed,
+        cfg.model,
+        weights,
+        device,
     )
     if todo:
         _run_shards(cfg, todo, encoder, device, result, skipped_by_shard, progress)
@@ -171,7 +178,10 @@ def _run_shards(
 
     jobs = [(shard, video) for shard in todo for video in shard.videos]  # in shard order
     frames_ds = _VideoFrames(
-        [v.path for _, v in jobs], cfg.fps, cfg.seconds, cfg.image_size,
+        [v.path for _, v in jobs],
+        cfg.fps,
+        cfg.seconds,
+        cfg.image_size,
         threads=1,
     )
     loader = torch.utils.data.DataLoader(
@@ -202,7 +212,11 @@ def _run_shards(
         by_job = clips.pop(shard.index)
         shard_clips = [by_job[k] for k in sorted(by_job)]
         writing = writer.submit(
-            _write_shard, cfg.out, shard, shard_clips, skipped_by_shard[shard.index],
+            _write_shard,
+            cfg.out,
+            shard,
+            shard_clips,
+            skipped_by_shard[shard.index],
             cfg.max_frames,
         )
         result.shards_written += 1
@@ -212,7 +226,10 @@ def _run_shards(
         for job, features in finished:
             video = jobs[job][1]
             clips[jobs[job][0].index][job] = records.Clip(
-                filename=video.filename, text=video.text, fps=cfg.fps, label=video.label,
+                filename=video.filename,
+                text=video.text,
+                fps=cfg.fps,
+                label=video.label,
                 features=features.cpu().numpy(),  # (frames, dim) float32
             )
             finish(job)
@@ -232,8 +249,9 @@ def _run_shards(
                     collect(batcher.add(job, frames.to(device, non_blocking=True)))
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(frames_s=f"{result.frames / (time.perf_counter() - t0):.0f}",
-                                    refresh=False)
+                    bar.set_postfix(
+                        frames_s=f"{result.frames / (time.perf_counter() - t0):.0f}", refresh=False
+                    )
             collect(batcher.flush())
         if writing is not None:
             writing.result()

@@ -32,16 +32,27 @@ def report_spec(
     """Return (unsaved) a W&B report: parallel coordinates, importances and curves of a study."""
     from wandb_workspaces.reports import v2 as wr
 
-    runs = wr.Runset(entity=entity, project=project, name=f"trials of {study_name}",
-                     filters=f"Group = {json.dumps(study_name)} and JobType = 'trial'")
+    runs = wr.Runset(
+        entity=entity,
+        project=project,
+        name=f"trials of {study_name}",
+        filters=f"Group = {json.dumps(study_name)} and JobType = 'trial'",
+    )
     columns = [wr.ParallelCoordinatesPlotColumn(metric=wr.Config(p)) for p in params]
     columns.append(wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(metric)))
     panels = [
-        wr.ParallelCoordinatesPlot(columns=columns, title=f"{', '.join(params)} vs {metric}",
-                                   layout=wr.Layout(x=0, y=0, w=24, h=10)),
+        wr.ParallelCoordinatesPlot(
+            columns=columns,
+            title=f"{', '.join(params)} vs {metric}",
+            layout=wr.Layout(x=0, y=0, w=24, h=10),
+        ),
         wr.ParameterImportancePlot(with_respect_to=metric, layout=wr.Layout(x=0, y=10, w=12, h=8)),
-        wr.LinePlot(title="validation top-1 per epoch", x=EPOCH_METRIC, y=[VAL_TOP1],
-                    layout=wr.Layout(x=12, y=10, w=12, h=8)),
+        wr.LinePlot(
+            title="validation top-1 per epoch",
+            x=EPOCH_METRIC,
+            y=[VAL_TOP1],
+            layout=wr.Layout(x=12, y=10, w=12, h=8),
+        ),
         wr.RunComparer(diff_only="split", layout=wr.Layout(x=0, y=18, w=24, h=10)),
     ]
     return wr.Report(
@@ -83,4 +94,3 @@ def build_report(
         ) from err
     logger.info("W&B report of study %s: %s", study_name, report.url)
     return report.url
-

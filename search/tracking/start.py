@@ -30,8 +30,14 @@ def _settings(cfg: TrackingConfig) -> wandb.Settings:
     )
 
 
-def start_run(cfg: TrackingConfig, *, job_type: str, name: str, config: Mapping[str, Any],
-              run_id: str | None = None) -> wandb.Run | None:
+def start_run(
+    cfg: TrackingConfig,
+    *,
+    job_type: str,
+    name: str,
+    config: Mapping[str, Any],
+    run_id: str | None = None,
+) -> wandb.Run | None:
     """Start a W&B run of its own (never the global wandb.run); None when tracking is disabled.
 
     With run_id the run is resumed when it exists (online) or its offline records carry that
@@ -93,4 +99,3 @@ def run_path(run: wandb.Run | None) -> str | None:
     if run.offline:
         return str(run.settings.sync_dir)
     return run.path
-

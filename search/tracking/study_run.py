@@ -29,8 +29,12 @@ STUDY_ATTRS = ("final", "audit", "protocol")
 STUDY_RUN_ATTR = "wandb_study_run"
 _SHORT_LIST = 16  # a list of numbers up to this long stays one summary value (e.g. an interval)
 # The Optuna plots the study run carries (search/study_plots.py builds them).
-STUDY_PLOTS = ("optimization_history", "intermediate_values", "parallel_coordinate",
-               "param_importances")
+STUDY_PLOTS = (
+    "optimization_history",
+    "intermediate_values",
+    "parallel_coordinate",
+    "param_importances",
+)
 
 
 def _trial_value(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Any:
@@ -62,15 +66,17 @@ def trials_table(study: optuna.Study) -> wandb.Table:
     rows = []
     for t in trials:
         duration = t.duration.total_seconds() if t.duration is not None else None
-        rows.append([
-            t.number,
-            t.state.name.lower(),
-            _trial_value(study, t),
-            *(_json_scalar(t.params.get(name)) for name in param_names),
-            duration,
-            t.user_attrs.get("wandb_run"),
-            json.dumps(_table_attrs(t.user_attrs), default=str, sort_keys=True),
-        ])
+        rows.append(
+            [
+                t.number,
+                t.state.name.lower(),
+                _trial_value(study, t),
+                *(_json_scalar(t.params.get(name)) for name in param_names),
+                duration,
+                t.user_attrs.get("wandb_run"),
+                json.dumps(_table_attrs(t.user_attrs), default=str, sort_keys=True),
+            ]
+        )
     # Columns mix None with numbers (running/failed trials, params absent from a branch).
     return wandb.Table(columns=columns, data=rows, allow_mixed_types=True)
 
@@ -98,8 +104,11 @@ def confusion_chart(confusion: np.ndarray, class_names: Sequence[str]):
         )
     # Same table and chart as wandb.plot.confusion_matrix, which only takes per-example labels;
     # we already hold the counts, so the cells go in directly.
-    data = [[names[i], names[j], int(counts[i, j])]
-            for i in range(len(names)) for j in range(len(names))]
+    data = [
+        [names[i], names[j], int(counts[i, j])]
+        for i in range(len(names))
+        for j in range(len(names))
+    ]
     table = wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=data)
     return wandb.plot_table(
         vega_spec_name="wandb/confusion_matrix/v1",
@@ -191,8 +200,13 @@ def log_study_run(
         "sampler": type(study.sampler).__name__,
         "pruner": type(getattr(study, "pruner", None)).__name__,
     }
-    run = start_run(cfg, job_type="study", name=f"study-{study.study_name}", config=config,
-                    run_id=study_run_id(study))
+    run = start_run(
+        cfg,
+        job_type="study",
+        name=f"study-{study.study_name}",
+        config=config,
+        run_id=study_run_id(study),
+    )
     path = run_path(run)
     exit_code = 1
     try:
@@ -208,9 +222,12 @@ def log_study_run(
         except ValueError:  # no complete trial yet (or a multi-objective study)
             best = None
         if best is not None:
-            summary.update(best_trial=best.number, best_value=best.value,
-                           best_params=dict(best.params),
-                           best_wandb_run=best.user_attrs.get("wandb_run"))
+            summary.update(
+                best_trial=best.number,
+                best_value=best.value,
+                best_params=dict(best.params),
+                best_wandb_run=best.user_attrs.get("wandb_run"),
+            )
         for attr in STUDY_ATTRS:
             value = study.user_attrs.get(attr)
             if not isinstance(value, Mapping):
@@ -225,4 +242,3 @@ def log_study_run(
         run.finish(exit_code=exit_code)
     logger.info("study %s logged to W&B run %s", study.study_name, path)
     return path
-

@@ -54,8 +54,11 @@ class TrialRun:
             return
         with self._lock:
             if self._finished:
-                logger.warning("W&B run of trial %d is finished; dropped %s", self.trial_number,
-                               sorted(metrics))
+                logger.warning(
+                    "W&B run of trial %d is finished; dropped %s",
+                    self.trial_number,
+                    sorted(metrics),
+                )
                 return
             for key in metrics:
                 if key in (STEP_METRIC, EPOCH_METRIC):  # an axis logged as a value, e.g. epoch
@@ -69,8 +72,13 @@ class TrialRun:
                     self._warned.add((key, axis))
                     logger.warning(
                         "metric %r is logged against both %r and %r; W&B plots it against %r. "
-                        "Give the %r one its own name", key, self._axis[key], axis,
-                        self._axis[key], axis)
+                        "Give the %r one its own name",
+                        key,
+                        self._axis[key],
+                        axis,
+                        self._axis[key],
+                        axis,
+                    )
             self._run.log({**metrics, axis: value})
 
     def finish(self, state: str, summary: Mapping[str, Any] | None = None) -> None:
@@ -111,4 +119,3 @@ def _is_trial_pruned(exc: BaseException | None) -> bool:
     import optuna
 
     return isinstance(exc, optuna.TrialPruned)
-
