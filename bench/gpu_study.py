@@ -10,7 +10,7 @@ Steps, each timed:
    shards in the real format; 101 classes x 132 clips = 13,332 clips, UCF-101 has 13,320);
 2. decode it once into a fresh feature cache (datasets.cache.load_features), as the first
    run of a study does; the shards were just written, so they are read from the page cache;
-3. train the original's default configuration (GRU, 2 x 256, batch 256, Adam 1e-3, clip 1.0)
+3. train the default configuration (GRU, 2 x 256, batch 256, Adam 1e-3, clip 1.0)
    with models.training.train on the decoded set's training part: examples/s, validation
    excluded, as a trial reports it;
 4. for each --jobs-list value, a fresh study of --trials trials with median pruning, run by
@@ -63,9 +63,9 @@ from models.training import TrainConfig, train  # noqa: E402
 
 DEFAULT_STUDY = REPO / "studies" / "ucf101_rnn.yaml"
 SAMPLE_EVERY_S = 0.5
-# The original's default configuration.
+# The default configuration (models.rnn.ModelSpec's, at the batch size GPUs are judged at).
 CELL, LAYERS, HIDDEN, BATCH, LR, CLIP = "gru", 2, 256, 256, 1e-3, 1.0
-# Targets for an H100 at full size (issue 10).
+# Targets for an H100 or H200 at full size.
 TARGET_EXAMPLES_PER_S = 20_000
 TARGET_SPEEDUP = 2.5
 TARGET_STUDY_S = 15 * 60
@@ -233,7 +233,7 @@ class StudyRun:
 def default_config_speed(
     data: FeatureSet, parts: dict[str, np.ndarray], device: str, epochs: int, seed: int
 ) -> list[float]:
-    """Train the original's default configuration; return each epoch's training examples/s."""
+    """Train the default configuration; return each epoch's training examples/s."""
     spec = ModelSpec(
         kind="rnn",
         input_dim=data.feature_dim,

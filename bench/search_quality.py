@@ -3,9 +3,9 @@
     python bench/search_quality.py --data-dir /tmp/sq-data [--trials 50] [--audit-sample 10]
         [--arms hand default median] [--device auto] [--work-dir DIR] [--quick]
 
-Generates, once, the data set of issue 14 into --data-dir (101 classes, one clip per class in
-each of the 25 groups, up to 250 frames, 256-d, order-dependent classes; split 1: 1414 train,
-404 validation, 707 test clips), then runs, each on that same data:
+Generates, once, into --data-dir a UCF-101-shaped set (101 classes, one clip per class in each
+of the 25 groups, up to 250 frames, 256-d, classes that differ only in the order of their events;
+split 1: 1414 train, 404 validation, 707 test clips), then runs, each on that same data:
 
   hand     the hand-set run (GRU 2 x 128, stride 5, batch 32, lr 3e-3, clip 1, 15 epochs),
            refit on all training groups (train + validation) and scored on the test groups;

@@ -59,7 +59,7 @@ VARIANTS = ("naive", "ours", "bucketed")
 
 @dataclass(frozen=True)
 class Shape:
-    """The sizes one run trains at (the original's by default; toy sizes for a dry run)."""
+    """The sizes one run trains at (the default configuration's; toy sizes for a dry run)."""
 
     frames: int = FRAMES
     dim: int = DIM

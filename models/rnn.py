@@ -25,7 +25,7 @@ KINDS = ("rnn", "bag")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to rebuild a model (checkpoints store it); defaults are the original's."""
+    """Everything needed to rebuild a model (checkpoints store it); defaults: a GRU 2 x 256."""
 
     kind: str = "rnn"  # 'rnn' | 'bag'
     input_dim: int = 2048

@@ -10,6 +10,8 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from search import optuna_internals
+
 NUM_CLASSES = 101
 # Index = class id; 0 is the padding class. Synthetic names of varied length, so label layout
 # is exercised without depending on datasets/ucf101.py.
@@ -133,7 +135,7 @@ def make_study(
         storage = optuna.storages.RDBStorage(storage)
     optuna.copy_study(
         from_study_name=study_name,
-        from_storage=study._storage,
+        from_storage=optuna_internals.storage(study),
         to_storage=storage,
         to_study_name=study_name,
     )

@@ -14,6 +14,7 @@ from study_fixtures import TINY_DEFINITION, study_args, write_definition, write_
 
 import run_study
 from datasets.synthetic import write_synthetic
+from search import optuna_internals
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +54,14 @@ def test_four_trial_study_runs_end_to_end(tmp_path, data, capsys):
     assert (runs / "best.pt").exists() and (runs / "report.html").exists()
     assert "bag_of_frames_val_top1" in study.user_attrs["baseline"]
     # The best trial carries its own checkpoint and confusion matrix as Optuna artifacts.
-    served = {m.filename for m in get_all_artifact_meta(study.best_trial, storage=study._storage)}
+    served = {
+        m.filename
+        for m in get_all_artifact_meta(study.best_trial, storage=optuna_internals.storage(study))
+    }
     assert served == {"best.pt", f"trial-{study.best_trial.number}-val-confusion.png"}
-    study_files = {m.filename for m in get_all_artifact_meta(study, storage=study._storage)}
+    study_files = {
+        m.filename for m in get_all_artifact_meta(study, storage=optuna_internals.storage(study))
+    }
     assert f"trial{study.best_trial.number}-test-confusion.png" in study_files
     # What a person reads: one line per trial and the dashboard command.
     for t in trials:

@@ -22,7 +22,7 @@ def _one(parsed: _Parsed, key: str, kind: str, where: str) -> Any:
     if key not in parsed.context:
         raise DataError(
             f"{where}: context has no {key!r}; every record needs context keys "
-            f"{', '.join(CONTEXT_KEYS)} (see DESIGN.md); re-write the shard with them"
+            f"{', '.join(CONTEXT_KEYS)} (the README's data contract); re-write the shard"
         )
     got, values = parsed.context[key]
     if got != kind or len(values) != 1:
@@ -93,7 +93,7 @@ def _to_clip(parsed: _Parsed, where: str, dims: _DimCheck) -> Clip:
         if key not in parsed.lists:
             raise DataError(
                 f"{where}: feature_lists has no {key!r}; every record needs feature_lists "
-                f"{', '.join(LIST_KEYS)} (see DESIGN.md); re-write the shard with them"
+                f"{', '.join(LIST_KEYS)} (the README's data contract); re-write the shard"
             )
     _, frames = parsed.lists["features"]
     _, labels = parsed.lists["labels"]
