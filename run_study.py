@@ -1,7 +1,9 @@
-"""Run (or resume) the UCF-101 RNN hyperparameter study; `report` writes its HTML report.
+"""Run (or resume) the UCF-101 RNN hyperparameter study, and what comes after it.
 
-python run_study.py --trials 50            # demo data when none is given
+python run_study.py --trials 50                # demo data when none is given
 python run_study.py report --study-name ucf101_rnn
+python run_study.py audit --sample 10          # false-prune rate of the pruner
+python run_study.py evaluate --splits 1 2 3    # the UCF-101 protocol: mean +- std over splits
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="run_study.py",
         description="Search LSTM/GRU classifiers over UCF-101 CNN features with Optuna; "
         "re-running the same command resumes the same study. "
-        "Subcommand: `run_study.py report [...]` writes the study's HTML report.",
+        "Subcommands: `run_study.py report` writes the study's HTML report, `run_study.py audit` "
+        "re-runs a sample of pruned trials to measure the false-prune rate, `run_study.py "
+        "evaluate --splits 1 2 3` scores the best configuration on the three official splits.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
