@@ -19,6 +19,10 @@ import time
 import warnings
 from pathlib import Path
 
+# The demo set is small and easy: a budget that lets 50 trials finish in minutes on 2 CPU cores.
+DEMO_MAX_EPOCHS = 12
+# The epoch budget a study's trials ran with, so audit and evaluate re-run them at the same one.
+EPOCHS_ATTR = "epochs_budget"
 DEFAULT_STUDY = "studies/ucf101_rnn.yaml"
 HERE = Path(__file__).resolve().parent
 
@@ -115,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs",
         type=_positive_int,
         default=None,
-        help="epoch budget per trial (default: the definition's train.epochs)",
+        help="epoch budget per trial (default: the definition's train.max_epochs; "
+        f"{DEMO_MAX_EPOCHS} on the embedded demo set)",
     )
     p.add_argument(
         "--wandb-mode",
@@ -217,8 +222,7 @@ def build_audit_parser() -> argparse.ArgumentParser:
         "--epochs",
         type=_positive_int,
         default=None,
-        help="epoch budget of a re-run: the study's own (default: the definition's "
-        "train.max_epochs; give the --epochs the study ran with, if any)",
+        help="epoch budget of a re-run (default: the one the study's trials ran with)",
     )
     _add_study_flags(p)
     return p
@@ -395,7 +399,9 @@ def _finished_study(args: argparse.Namespace):
         data=data,
         device=device,
         seed=int(study.user_attrs.get("seed", definition.sampler.seed)),
-        epochs=getattr(args, "epochs", None) or definition.train.max_epochs,
+        epochs=getattr(args, "epochs", None)
+        or study.user_attrs.get(EPOCHS_ATTR)
+        or definition.train.max_epochs,
         tracking=TrackingConfig(
             mode="disabled", project=definition.tracking.project, group=name, dir=str(out_dir)
         ),
@@ -555,10 +561,12 @@ def _search(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
 
     # Everything that can be wrong with the input is found before the storage is touched.
     pattern, demo = _resolve_pattern(definition.data, args.data)
+    epochs = args.epochs or (DEMO_MAX_EPOCHS if demo else definition.train.max_epochs)
     if demo:
         print(
             f"no data given and none in {definition.data.pattern}: using the embedded "
             f"synthetic demo set {pattern}"
+            + ("" if args.epochs else f", {epochs} epochs a trial at most (--epochs to change)")
         )
     data = load_study_data(definition.data, pattern, demo)
     storage = open_storage(url, heartbeat_interval=args.heartbeat)
@@ -570,7 +578,9 @@ def _search(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         prune=not args.no_prune,
         feature_dim=data.features.feature_dim,
         fingerprint=data.features.fingerprint,
+        max_epochs=epochs,
     )
+    study.set_user_attr(EPOCHS_ATTR, epochs)
     mode = tracking.resolve_mode(args.wandb_mode)
     track = tracking.TrackingConfig(
         mode=mode,
@@ -584,7 +594,7 @@ def _search(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         data=data,
         device=device,
         seed=seed,
-        epochs=args.epochs or definition.train.max_epochs,
+        epochs=epochs,
         tracking=track,
         checkpoint=BestCheckpoint(out_dir / "best.pt"),
         artifact_dir=out_dir / "artifacts",

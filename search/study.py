@@ -57,10 +57,14 @@ def open_study(
     prune: bool,
     feature_dim: int,
     fingerprint: str,
+    max_epochs: int | None = None,
 ) -> optuna.Study:
-    """Return the study, created on first use; StudyError if it exists for other data."""
+    """Return the study, created on first use; StudyError if it exists for other data.
+
+    max_epochs: the trials' epoch budget when it is not the definition's (--epochs).
+    """
     sampler = make_sampler(definition.sampler, seed)
-    pruner = make_pruner(definition.pruner, prune, definition.train.max_epochs)
+    pruner = make_pruner(definition.pruner, prune, max_epochs or definition.train.max_epochs)
     try:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError:

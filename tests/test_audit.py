@@ -96,6 +96,18 @@ def test_audit_epochs_flag_sets_the_rerun_budget(finished):
     assert rerun["epochs"] == 1
 
 
+def test_audit_reruns_at_the_budget_the_study_recorded(finished):
+    _, _, study, args = finished
+    assert study.user_attrs["epochs_budget"] == 3  # the tiny definition's max_epochs
+    study.set_user_attr("epochs_budget", 1)  # as a study run with --epochs 1 records it
+    try:
+        assert run_study.main(["audit", *_flags(args)]) == 0
+    finally:
+        study.set_user_attr("epochs_budget", 3)
+    (rerun,) = study.user_attrs["audit"]["reruns"]
+    assert rerun["epochs"] == 1
+
+
 def test_audit_of_a_study_without_completed_trials_is_a_user_error(tmp_path, capsys):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     optuna.create_study(study_name="tiny", storage=storage, direction="maximize")

@@ -223,3 +223,27 @@ def test_each_pruner_kind_builds_its_optuna_pruner(kind, expected):
     if kind == "paired":
         assert (pruner.alpha, pruner.metric, pruner.reference) == (0.05, "loss", "median")
     assert type(make_pruner(PrunerSpec(kind=kind), False)) is optuna.pruners.NopPruner
+
+
+def test_hyperband_budget_follows_the_epochs_the_trials_run(tmp_path):
+    from search.definition import StudyDefinition, parse_definition
+    from search.study import open_study
+
+    raw = {
+        "name": "hb",
+        "space": {"cell": "gru", "layers": 1, "hidden": 8, "lr": 0.01, "clip_norm": 1.0},
+        "pruner": {"kind": "hyperband"},
+    }
+    definition: StudyDefinition = parse_definition(raw)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'hb.db'}")
+    study = open_study(
+        "hb",
+        storage,
+        definition,
+        seed=0,
+        prune=True,
+        feature_dim=4,
+        fingerprint="f",
+        max_epochs=9,
+    )
+    assert study.pruner._max_resource == 9  # --epochs 9, not the definition's 40
