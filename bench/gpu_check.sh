@@ -18,7 +18,7 @@
 # has W&B disabled); av 18.1.0 (36 MB; only tests/test_extract.py imports it, so its GPU test
 # does not run here). With both the tree would pass the device's 64 MiB limit.
 #
-# Budget: 8 minutes on an H100/H200. pytest -m gpu (~1-2 min), bench/train.py at the original's
+# Budget: 8 minutes on an H100/H200. pytest -m gpu (~1-2 min), bench/train.py at the default
 # configuration (GRU 2 x 256, batch 256, up to 250 frames, 2048-d, 2048 clips, 7 epochs per
 # variant; ~1 min), then bench/gpu_study.py sized to the time left: with >= 4 min left 101
 # classes x 20 clips (2,020 clips, 250 x 2048), 10 trials x 3 epochs, --jobs 1 and 4; else
