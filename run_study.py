@@ -19,8 +19,9 @@ import time
 import warnings
 from pathlib import Path
 
-# The demo set is small and easy: a budget that lets 50 trials finish in minutes on 2 CPU cores.
-DEMO_MAX_EPOCHS = 12
+# With no data, the default study runs on the embedded demo set with this definition beside it:
+# a space and budget sized for 20 classes of short clips, so 50 trials take minutes on 2 cores.
+DEMO_STUDY = "demo.yaml"
 # The epoch budget a study's trials ran with, so audit and evaluate re-run them at the same one.
 EPOCHS_ATTR = "epochs_budget"
 DEFAULT_STUDY = "studies/ucf101_rnn.yaml"
@@ -119,8 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs",
         type=_positive_int,
         default=None,
-        help="epoch budget per trial (default: the definition's train.max_epochs; "
-        f"{DEMO_MAX_EPOCHS} on the embedded demo set)",
+        help="epoch budget per trial (default: the definition's train.max_epochs)",
     )
     p.add_argument(
         "--wandb-mode",
@@ -296,10 +296,24 @@ def _definition_and_storage(args: argparse.Namespace):
     if args.study == DEFAULT_STUDY and not study_file.is_file():
         study_file = HERE / DEFAULT_STUDY
     definition = load_definition(study_file)
-    if study_file == HERE / DEFAULT_STUDY and home == HERE:
+    if args.study == DEFAULT_STUDY and not getattr(args, "data", None):
+        demo_file = study_file.with_name(DEMO_STUDY)
+        if demo_file.is_file() and _uses_demo_set(definition.data, home):
+            study_file, definition = demo_file, load_definition(demo_file)
+    if study_file.parent == HERE / "studies" and home == HERE:
         definition = _data_at(definition, HERE)
     name = args.study_name or definition.name
     return definition, name, args.storage or default_storage_url(name, home / "studies")
+
+
+def _uses_demo_set(spec, home: Path) -> bool:
+    """Whether a study would run on the embedded demo set: its default glob matches nothing."""
+    import glob
+
+    from search.study_data import DEFAULT_PATTERN
+
+    defaults = (DEFAULT_PATTERN, str(home / DEFAULT_PATTERN))
+    return spec.pattern in defaults and not glob.glob(str(home / spec.pattern))
 
 
 def _data_at(definition, root: Path):
@@ -561,12 +575,12 @@ def _search(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
 
     # Everything that can be wrong with the input is found before the storage is touched.
     pattern, demo = _resolve_pattern(definition.data, args.data)
-    epochs = args.epochs or (DEMO_MAX_EPOCHS if demo else definition.train.max_epochs)
+    epochs = args.epochs or definition.train.max_epochs
     if demo:
         print(
             f"no data given and none in {definition.data.pattern}: using the embedded "
-            f"synthetic demo set {pattern}"
-            + ("" if args.epochs else f", {epochs} epochs a trial at most (--epochs to change)")
+            f"synthetic demo set {pattern} (study {definition.name!r}, sized for it: "
+            f"studies/{DEMO_STUDY})"
         )
     data = load_study_data(definition.data, pattern, demo)
     storage = open_storage(url, heartbeat_interval=args.heartbeat)

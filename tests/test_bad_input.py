@@ -133,7 +133,8 @@ def test_run_from_another_directory_finds_its_definition_and_keeps_its_files_tog
     (checkout / "studies").mkdir(parents=True)
     elsewhere.mkdir()
     shutil.copy(REPO / "run_study.py", checkout)
-    shutil.copy(REPO / "studies" / "ucf101_rnn.yaml", checkout / "studies")
+    for definition in ("ucf101_rnn.yaml", "demo.yaml"):
+        shutil.copy(REPO / "studies" / definition, checkout / "studies")
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
     done = subprocess.run(
         [sys.executable, str(checkout / "run_study.py"), "--trials", "0", "--device", "cpu"],
@@ -145,9 +146,29 @@ def test_run_from_another_directory_finds_its_definition_and_keeps_its_files_tog
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert list(elsewhere.iterdir()) == [], "files were written into the working directory"
-    assert f"sqlite:///{checkout / 'studies' / 'ucf101_rnn.db'}" in done.stdout
+    # No data: the embedded demo set, with the definition sized for it (studies/demo.yaml).
+    assert f"sqlite:///{checkout / 'studies' / 'ucf101_rnn_demo.db'}" in done.stdout
     assert "embedded synthetic demo set" in done.stdout
-    assert (checkout / "studies" / "ucf101_rnn.db").is_file()
-    assert (checkout / "studies" / "runs" / "ucf101_rnn" / "report.html").is_file()
+    assert (checkout / "studies" / "ucf101_rnn_demo.db").is_file()
+    assert (checkout / "studies" / "runs" / "ucf101_rnn_demo" / "report.html").is_file()
     assert any((checkout / "data" / "demo").glob("*/*.tfrecord*"))
     assert any((checkout / "data" / "cache").iterdir())
+
+
+def test_the_demo_definition_is_taken_only_when_no_data_is_there(tmp_path, monkeypatch):
+    import run_study
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies").mkdir()
+    for definition in ("ucf101_rnn.yaml", "demo.yaml"):
+        shutil.copy(REPO / "studies" / definition, tmp_path / "studies")
+    args = run_study.build_parser().parse_args([])
+    definition, name, _ = run_study._definition_and_storage(args)
+    assert (name, definition.train.max_epochs) == ("ucf101_rnn_demo", 12)
+    (tmp_path / "data" / "ucf101").mkdir(parents=True)
+    (tmp_path / "data" / "ucf101" / "shard-0.tfrecord").write_bytes(b"")
+    definition, name, _ = run_study._definition_and_storage(args)
+    assert (name, definition.train.max_epochs) == ("ucf101_rnn", 40)
+    given = run_study.build_parser().parse_args(["--data", str(tmp_path / "x")])
+    (tmp_path / "data" / "ucf101" / "shard-0.tfrecord").unlink()
+    assert run_study._definition_and_storage(given)[1] == "ucf101_rnn"  # --data: never the demo
