@@ -164,7 +164,7 @@ def test_the_demo_definition_is_taken_only_when_no_data_is_there(tmp_path, monke
         shutil.copy(REPO / "studies" / definition, tmp_path / "studies")
     args = run_study.build_parser().parse_args([])
     definition, name, _ = run_study._definition_and_storage(args)
-    assert (name, definition.train.max_epochs) == ("ucf101_rnn_demo", 12)
+    assert (name, definition.train.max_epochs) == ("ucf101_rnn_demo", 15)
     (tmp_path / "data" / "ucf101").mkdir(parents=True)
     (tmp_path / "data" / "ucf101" / "shard-0.tfrecord").write_bytes(b"")
     definition, name, _ = run_study._definition_and_storage(args)
