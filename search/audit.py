@@ -13,11 +13,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from models.rnn import build_model
-from models.seeding import seeded
-from models.training import TrainingDiverged, train
+from models.training import TrainingDiverged
 from search.errors import StudyError
-from search.objective import TrialSettings, loaders, model_spec, train_config
+from search.objective import TrialSettings, train_alone
 from search.space import suggest
 
 logger = logging.getLogger(__name__)
@@ -70,9 +68,6 @@ def rerun(trial: FrozenTrial, settings: TrialSettings) -> dict[str, Any]:
     seed = int(trial.user_attrs["manifest"]["seed"])
     reason = trial.user_attrs.get("prune_reason") or {}
     started = time.perf_counter()
-    with seeded(seed):
-        model = build_model(model_spec(params, settings))
-    train_loader, val_loader = loaders(params, settings, seed, ("train", "val"))
     record: dict[str, Any] = {
         "trial_number": trial.number,
         "pruned_epoch": reason.get("epoch"),
@@ -81,8 +76,8 @@ def rerun(trial: FrozenTrial, settings: TrialSettings) -> dict[str, Any]:
         "value_when_pruned": trial.intermediate_values.get(reason.get("epoch")),
     }
     try:
-        # train_config carries the study's stopping rule (budget, patience): a normal trial's.
-        result = train(model, train_loader, val_loader, train_config(params, settings, seed))
+        # The study's stopping rule (budget, patience), as a normal trial of these params.
+        _, result = train_alone(params, settings, seed)
     except TrainingDiverged as exc:  # it would have been stopped anyway: it counts as no loss
         record.update(final_value=None, epochs=exc.epoch, diverged=exc.reason)
     else:

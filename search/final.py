@@ -12,13 +12,11 @@ from typing import Any
 
 import numpy as np
 import optuna
-import torch
 
 from models.evaluate import Evaluation, evaluate
 from models.rnn import ModelSpec, build_model
-from models.seeding import seeded
 from models.training import TrainConfig, TrainingDiverged, train
-from search.objective import TrialSettings, loaders, model_spec, train_config
+from search.objective import TrialSettings, loaders, model_spec, train_alone
 from search.refit import refit_and_score
 from search.space import suggest
 
@@ -55,7 +53,7 @@ def score_best(
     else:
         # Another machine ran it: retrain; on the CPU the seed makes this the same model.
         spec = model_spec(params, settings)
-        model = _retrain(spec, params, settings, seed)
+        model, _ = train_alone(params, settings, seed)
         settings.checkpoint.save(best.number, best.value, model, spec)
         how = "retrained"
     (test_loader,) = loaders(params, settings, seed, ("test",))
@@ -147,16 +145,6 @@ def score_baseline(study: optuna.Study, settings: TrialSettings) -> dict[str, An
     }
     study.set_user_attr("baseline", baseline)
     return baseline
-
-
-def _retrain(
-    spec: ModelSpec, params: dict[str, Any], settings: TrialSettings, seed: int
-) -> torch.nn.Module:
-    with seeded(seed):
-        model = build_model(spec)
-    train_loader, val_loader = loaders(params, settings, seed, ("train", "val"))
-    train(model, train_loader, val_loader, train_config(params, settings, seed))
-    return model  # train() has left the best epoch's weights in it
 
 
 def evaluation_dict(e: Evaluation) -> dict[str, Any]:

@@ -19,7 +19,14 @@ from datasets.loading import create_loaders
 from models.evaluate import evaluate
 from models.rnn import ModelSpec, build_model
 from models.seeding import seeded
-from models.training import EpochResult, StepResult, TrainConfig, TrainingDiverged, train
+from models.training import (
+    EpochResult,
+    StepResult,
+    TrainConfig,
+    TrainingDiverged,
+    TrainResult,
+    train,
+)
 from search.artifacts import attach_best_artifacts, render_confusion_png
 from search.best_checkpoint import BestCheckpoint
 from search.clip_outcomes import CLASSES_KEY, outcome_attrs
@@ -93,6 +100,20 @@ def loaders(
         bucket=True,
     )
     return [made[part] for part in parts]
+
+
+def train_alone(
+    params: dict[str, Any], settings: TrialSettings, seed: int
+) -> tuple[torch.nn.Module, TrainResult]:
+    """Return a configuration's model and result, trained as its trial is, outside any study.
+
+    Same seed, builders and stopping rule as the objective, no pruning: the model then holds
+    the best epoch's weights (a missing best checkpoint, a pruned trial's audit re-run).
+    """
+    with seeded(seed):
+        model = build_model(model_spec(params, settings))
+    train_loader, val_loader = loaders(params, settings, seed, ("train", "val"))
+    return model, train(model, train_loader, val_loader, train_config(params, settings, seed))
 
 
 def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Event) -> float:
