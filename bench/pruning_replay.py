@@ -38,7 +38,7 @@ from datasets.batches import BatchLoader
 from datasets.synthetic import write_synthetic
 from models.rnn import ModelSpec, build_model
 from models.training import EpochResult, TrainConfig, TrainingDiverged, train
-from search.clip_outcomes import CLASSES_KEY, outcome_attrs
+from search.clip_outcomes import CLASSES_KEY, STEPS_KEY, outcome_attrs
 from search.definition import DataSpec, PrunerSpec, load_definition
 from search.manifest import trial_seed
 from search.space import suggest
@@ -56,6 +56,7 @@ class Curve:
     top1: list[float]
     correct: list[np.ndarray]
     loss: list[np.ndarray]
+    steps_per_epoch: int = 0
     diverged: bool = False  # stopped by divergence: pruned at once under every rule alike
 
     @property
@@ -113,7 +114,7 @@ def train_curves(args: argparse.Namespace, root: Path) -> tuple[list[Curve], int
             )
             for part in ("train", "val")
         )
-        curve = Curve(params, [], [], [])
+        curve = Curve(params, [], [], [], steps_per_epoch=len(train_loader))
 
         def keep(r: EpochResult, curve: Curve = curve) -> None:
             curve.top1.append(r.val_top1)
@@ -159,6 +160,7 @@ def replay(curves: list[Curve], pruner: optuna.pruners.BasePruner, classes: int)
     for curve in curves:
         trial = study.ask()
         trial.set_user_attr(CLASSES_KEY, classes)
+        trial.set_user_attr(STEPS_KEY, curve.steps_per_epoch)
         end, pruned = len(curve.top1), False
         for epoch, (top1, correct, loss) in enumerate(
             zip(curve.top1, curve.correct, curve.loss, strict=True), start=1

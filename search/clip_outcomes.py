@@ -5,7 +5,8 @@ Every trial scores the same validation clips in the same order, so a pruner in a
 Per epoch one attr, `val_clips/<epoch>` = {"correct": "<clips>:" + base64 of np.packbits
 (clips / 8 bytes), "loss": base64 of the float16 cross entropies (2 bytes a clip)}: one
 storage write per epoch (a SQLite commit can cost ~40 ms); plus `val_num_classes` once, so the
-pruner knows chance.
+pruner knows chance; and `train_steps_per_epoch` once, so it can compare trials with different
+batch sizes at the same number of optimizer steps.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 OUTCOMES_KEY = "val_clips/{epoch}"
 CLASSES_KEY = "val_num_classes"
+STEPS_KEY = "train_steps_per_epoch"
 
 
 def encode_correct(correct: np.ndarray) -> str:

@@ -29,7 +29,7 @@ from models.training import (
 )
 from search.artifacts import attach_best_artifacts, render_confusion_png
 from search.best_checkpoint import BestCheckpoint
-from search.clip_outcomes import CLASSES_KEY, outcome_attrs
+from search.clip_outcomes import CLASSES_KEY, STEPS_KEY, outcome_attrs
 from search.definition import StudyDefinition
 from search.errors import TrialFailed, TrialInterrupted
 from search.manifest import manifest, trial_seed
@@ -174,6 +174,7 @@ def objective(trial: optuna.Trial, settings: TrialSettings, stop: threading.Even
             if result.epoch == 1:  # chance for the pruner: the classes validation really holds
                 val_labels = settings.data.features.labels[settings.data.parts["val"]]
                 trial.set_user_attr(CLASSES_KEY, len(np.unique(val_labels)))
+                trial.set_user_attr(STEPS_KEY, len(train_loader))  # to pair trials by steps
             if result.val_correct is not None and result.val_clip_loss is not None:
                 for key, value in outcome_attrs(
                     result.epoch, result.val_correct, result.val_clip_loss

@@ -1,8 +1,12 @@
 """The noise-aware pruner: a trial is pruned only when it is significantly worse, clip by clip.
 
 At epoch e (from warmup_epochs on, once startup_trials trials have completed) the reference
-is the completed trial whose value at e is the median of those recorded at e (or the best).
-This trial is tested against it on the same validation clips, one-sided:
+is the completed trial whose value is the median of those recorded (or the best), each
+completed trial read at the latest of its epochs that has had no more optimizer steps and no
+more epochs than this trial: a batch-64 trial at epoch 8 has taken the steps a batch-16 trial
+takes in 2 epochs, and judged at equal epochs it trails only because it has updated 4x less
+(the late climber the search-quality audit found). This trial is tested against it on the
+same validation clips, one-sided:
 
 - top1: exact McNemar test on the discordant clips (b only the reference gets right, c only
   this trial): p = P(Binom(b + c, 1/2) >= b).
@@ -26,7 +30,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.clip_outcomes import CLASSES_KEY, read_correct, read_loss
+from search.clip_outcomes import CLASSES_KEY, STEPS_KEY, read_correct, read_loss
 from search.paired_tests import (
     binom_upper_tail,
     mcnemar_worse,
@@ -58,14 +62,25 @@ class Verdict:
     c: int | None = None
     z: float | None = None  # Wilcoxon's statistic (loss only)
     reference_chance_p: float = 1.0  # reference's top-1 against chance
+    reference_epoch: int | None = None  # the reference's epoch compared (same steps); None: epoch
+
+    @property
+    def compared_epoch(self) -> int:
+        """Return the reference's epoch this trial was compared with."""
+        return self.epoch if self.reference_epoch is None else self.reference_epoch
 
     def reason(self) -> dict[str, Any]:
         """Return the prune reason as stored in the trial's `prune_reason` user attr."""
         unit = "points" if self.metric == "top1" else "loss"
         stat = f"b={self.b} c={self.c}" if self.metric == "top1" else f"z={self.z:.2f}"
+        at = (
+            f" at its epoch {self.compared_epoch} (no more optimizer steps)"
+            if self.compared_epoch != self.epoch
+            else ""
+        )
         text = (
             f"pruned at epoch {self.epoch}: val {self.metric} {self.value:.4f} vs "
-            f"{self.reference_value:.4f} of trial {self.reference_number} on the same "
+            f"{self.reference_value:.4f} of trial {self.reference_number}{at} on the same "
             f"{self.clips} clips, {self.test} {stat} p={self.p:.2g} < {self.alpha:g}; "
             f"gap {self.gap:.3g} {unit} beats noise {self.noise:.3g}"
         )
@@ -76,6 +91,7 @@ class Verdict:
             "value": self.value,
             "reference_value": self.reference_value,
             "reference_trial": self.reference_number,
+            "reference_epoch": self.compared_epoch,
             "test": self.test,
             "p": self.p,
             "alpha": self.alpha,
@@ -96,6 +112,17 @@ def _outcome(trial: FrozenTrial, epoch: int, metric: str) -> np.ndarray | None:
     if metric == "top1":
         return read_correct(trial.user_attrs, epoch)
     return read_loss(trial.user_attrs, epoch)
+
+
+def matched_epoch(trial: FrozenTrial, reference: FrozenTrial, epoch: int) -> int:
+    """Return the reference's epoch to compare with trial's epoch: no more steps, no more epochs.
+
+    Either trial without its steps per epoch (recorded before steps were kept) means epoch.
+    """
+    mine, theirs = trial.user_attrs.get(STEPS_KEY), reference.user_attrs.get(STEPS_KEY)
+    if not (isinstance(mine, int) and isinstance(theirs, int) and mine > 0 and theirs > 0):
+        return epoch
+    return min(epoch, epoch * mine // theirs)
 
 
 def _score(outcome: np.ndarray) -> float:
@@ -153,16 +180,17 @@ class PairedPruner(optuna.pruners.BasePruner):
             return None
         peers = []
         for t in completed:
-            theirs = _outcome(t, epoch, self.metric)
-            correct = read_correct(t.user_attrs, epoch)
+            at = matched_epoch(trial, t, epoch)
+            theirs = _outcome(t, at, self.metric)
+            correct = read_correct(t.user_attrs, at)
             if theirs is not None and correct is not None and len(theirs) == len(mine):
-                peers.append((t, theirs, correct))
+                peers.append((t, at, theirs, correct))
         if not peers:
             return None
         # Higher is better for top-1, lower for loss; ties go to the lower trial number.
         sign = 1.0 if self.metric == "top1" else -1.0
-        peers.sort(key=lambda p: (sign * _score(p[1]), -p[0].number))
-        ref, theirs, ref_correct = (
+        peers.sort(key=lambda p: (sign * _score(p[2]), -p[0].number))
+        ref, ref_epoch, theirs, ref_correct = (
             peers[-1] if self.reference == "best" else peers[(len(peers) - 1) // 2]
         )
         # Above chance: the reference's right answers against guessing one of the classes.
@@ -192,5 +220,6 @@ class PairedPruner(optuna.pruners.BasePruner):
             noise=noise,
             clips=len(mine),
             reference_chance_p=chance_p,
+            reference_epoch=ref_epoch,
             **extra,
         )

@@ -9,6 +9,7 @@ from optuna.trial import TrialState, create_trial
 
 from search.clip_outcomes import (
     CLASSES_KEY,
+    STEPS_KEY,
     decode_correct,
     decode_loss,
     encode_correct,
@@ -205,6 +206,67 @@ def test_best_reference_compares_with_the_best_completed_trial():
     trial = _running(study, _hits(120, offset=6))  # the median itself, but 10 below the best
     trial.should_prune()
     assert pruner.last_verdict(trial.number).reference_number == 4
+
+
+def _curve_study(pruner: PairedPruner, steps_per_epoch: int) -> optuna.Study:
+    """Five completed trials that climb 40 -> 80 -> 120 -> 160 of 200 over epochs 1-4."""
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for i in range(5):
+        attrs: dict = {CLASSES_KEY: CLASSES, STEPS_KEY: steps_per_epoch}
+        for epoch in range(1, 5):
+            attrs.update(outcome_attrs(epoch, _hits(40 * epoch, 3 * i), np.zeros(CLIPS, "f4")))
+        study.add_trial(
+            create_trial(
+                state=TrialState.COMPLETE,
+                value=0.8,
+                intermediate_values={e: 0.2 * e for e in range(1, 5)},
+                user_attrs=attrs,
+            )
+        )
+    return study
+
+
+def _climber(study: optuna.Study, steps_per_epoch: int, right: int) -> optuna.Trial:
+    """A running trial at epoch 4 with `right` of 200 clips right."""
+    trial = study.ask()
+    trial.set_user_attr(STEPS_KEY, steps_per_epoch)
+    trial.set_user_attr(CLASSES_KEY, CLASSES)
+    for key, value in outcome_attrs(4, _hits(right, 6), np.zeros(CLIPS, "f4")).items():
+        trial.set_user_attr(key, value)
+    trial.report(right / CLIPS, 4)
+    return trial
+
+
+def test_a_larger_batch_trial_is_compared_at_the_same_optimizer_steps():
+    # References take 100 steps an epoch; this trial 25 (4x the batch): its epoch 4 has the
+    # steps of their epoch 1, where they stood at 40 of 200. At 50 right it leads them there.
+    pruner = _pruner()
+    slow = _climber(_curve_study(pruner, steps_per_epoch=100), steps_per_epoch=25, right=50)
+    assert not slow.should_prune()
+    assert pruner.last_verdict(slow.number).compared_epoch == 1
+    # The same outcomes with the references' steps: 50 against their 160 at epoch 4, pruned.
+    same = _climber(_curve_study(pruner, steps_per_epoch=100), steps_per_epoch=100, right=50)
+    assert same.should_prune()
+    reason = explain_prune(same, 4, 0.25)
+    assert reason["reference_epoch"] == 4 and reason["reference_value"] == 0.8
+    assert "no more optimizer steps" not in reason["text"]
+
+
+def test_steps_matching_never_compares_at_a_later_epoch_or_before_the_first():
+    pruner = _pruner()
+    # A smaller batch (4x the steps) is still compared at its own epoch, not the references' 16th.
+    fast = _climber(_curve_study(pruner, steps_per_epoch=25), steps_per_epoch=100, right=50)
+    assert fast.should_prune()
+    assert pruner.last_verdict(fast.number).compared_epoch == 4
+    # 2 steps an epoch against 100: fewer steps than the references' first epoch, no test.
+    tiny = _climber(_curve_study(pruner, steps_per_epoch=100), steps_per_epoch=2, right=0)
+    assert not tiny.should_prune() and pruner.last_verdict(tiny.number) is None
+    # Pruned against a reference at an earlier epoch: the reason says which, and why.
+    behind = _climber(_curve_study(pruner, steps_per_epoch=100), steps_per_epoch=50, right=10)
+    assert behind.should_prune()
+    reason = explain_prune(behind, 4, 0.05)
+    assert reason["reference_epoch"] == 2 and reason["reference_value"] == 0.4
+    assert "at its epoch 2 (no more optimizer steps)" in reason["text"]
 
 
 @pytest.mark.parametrize(
