@@ -2,6 +2,7 @@
 
     python bench/pruning_replay.py [--trials 10] [--epochs 12] [--classes 12] [--clips 30]
                                    [--frames 40] [--dim 32] [--seed 0] [--threads 2]
+                                   [--patience 6]
 
 1. Writes a small synthetic UCF-101 set whose classes differ in the order of their events
    (datasets.synthetic.write_synthetic), splits it as a study does (split 1, 4 val groups).
@@ -10,11 +11,15 @@
    epoch's per-clip validation outcomes (right/wrong and loss).
 3. Replays each rule on those curves through the real Optuna pruners, in trial order as a
    sequential study would (a pruned trial is not a reference for later ones): median,
-   paired on top-1 and on loss at a few alphas, successive halving, Hyperband.
+   paired on top-1 and on loss at a few alphas (trials paired at equal optimizer steps, and
+   once at equal epochs, the rule before steps were kept), successive halving, Hyperband.
 
 For each rule it prints: trials pruned; false prunes (a pruned trial whose final value, its best
 validation top-1 over the full budget, beats the median of all final values); whether the best
-trial survived; and the epochs spent as a share of training every trial to the end.
+trial survived; and the epochs spent as a share of training every trial to the end. With
+--patience P it prints the table again with every curve cut where the study's patience rule
+(P epochs without a better top-1, ties to the lower loss) would have stopped it: the budget a
+real study has, so "epochs" is then the share of an unpruned study with the same patience.
 About 2 minutes on 2 busy CPU cores at the defaults; the lead reruns it bigger.
 """
 
@@ -25,7 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
@@ -56,6 +61,7 @@ class Curve:
     top1: list[float]
     correct: list[np.ndarray]
     loss: list[np.ndarray]
+    mean_loss: list[float] = field(default_factory=list)  # the trainer's tie-break for patience
     steps_per_epoch: int = 0
     diverged: bool = False  # stopped by divergence: pruned at once under every rule alike
 
@@ -120,6 +126,7 @@ def train_curves(args: argparse.Namespace, root: Path) -> tuple[list[Curve], int
             curve.top1.append(r.val_top1)
             curve.correct.append(r.val_correct)
             curve.loss.append(r.val_clip_loss)
+            curve.mean_loss.append(r.val_loss)
 
         config = TrainConfig(
             lr=float(params["lr"]),
@@ -149,18 +156,43 @@ def train_curves(args: argparse.Namespace, root: Path) -> tuple[list[Curve], int
     return curves, classes
 
 
+def cut_by_patience(curve: Curve, patience: int) -> Curve:
+    """Return the curve up to the epoch where models.training's patience rule stops it."""
+    best, best_epoch, end = None, 0, len(curve.top1)
+    keys = zip(curve.top1, (-x for x in curve.mean_loss), strict=True)
+    for epoch, key in enumerate(keys, start=1):
+        if best is None or key > best:
+            best, best_epoch = key, epoch
+        if patience and epoch < end and epoch - best_epoch >= patience:
+            end = epoch
+            break
+    return replace(
+        curve,
+        top1=curve.top1[:end],
+        correct=curve.correct[:end],
+        loss=curve.loss[:end],
+        mean_loss=curve.mean_loss[:end],
+    )
+
+
 def _short(v: object) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def replay(curves: list[Curve], pruner: optuna.pruners.BasePruner, classes: int) -> list[int]:
-    """Return the epoch each trial ends at under pruner, negative where it was not pruned."""
+def replay(
+    curves: list[Curve], pruner: optuna.pruners.BasePruner, classes: int, by_steps: bool = True
+) -> list[int]:
+    """Return the epoch each trial ends at under pruner, negative where it was not pruned.
+
+    by_steps=False withholds the steps per epoch: the paired rule then pairs equal epochs.
+    """
     study = optuna.create_study(direction="maximize", pruner=pruner)
     ends = []
     for curve in curves:
         trial = study.ask()
         trial.set_user_attr(CLASSES_KEY, classes)
-        trial.set_user_attr(STEPS_KEY, curve.steps_per_epoch)
+        if by_steps:
+            trial.set_user_attr(STEPS_KEY, curve.steps_per_epoch)
         end, pruned = len(curve.top1), False
         for epoch, (top1, correct, loss) in enumerate(
             zip(curve.top1, curve.correct, curve.loss, strict=True), start=1
@@ -194,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--startup", type=int, default=5, help="startup_trials of every rule")
     p.add_argument("--warmup", type=int, default=2, help="warmup_epochs of every rule")
     p.add_argument(
+        "--patience", type=int, default=0, help="also replay with curves cut by this patience"
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -205,13 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         curves, classes = train_curves(args, Path(tmp))
-    finals = [c.final for c in curves]
-    median_final, best = statistics.median(finals), max(range(len(curves)), key=finals.__getitem__)
-    full = sum(len(c.top1) for c in curves)
-    print(
-        f"# {len(curves)} trials x {args.epochs} epochs in {time.perf_counter() - started:.0f}s;"
-        f" median final val top-1 {median_final:.3f}, best {finals[best]:.3f} (trial {best})"
-    )
+    print(f"# {len(curves)} trials x {args.epochs} epochs in {time.perf_counter() - started:.0f}s")
     base = {"startup_trials": args.startup, "warmup_epochs": args.warmup}
     rules = {
         "none": PrunerSpec(kind="none"),
@@ -226,17 +255,35 @@ def main(argv: list[str] | None = None) -> int:
             f"paired loss a={a:g}": PrunerSpec(kind="paired", metric="loss", alpha=a, **base)
             for a in (0.05, 0.01, 0.001)
         },
+        "paired top1 a=0.001 epochs": PrunerSpec(kind="paired", alpha=0.001, **base),
     }
-    print(f"{'rule':<24} {'pruned':>6} {'false':>5} {'best kept':>9} {'epochs':>7}  pruned at")
+    for patience in sorted({0, args.patience}):
+        cut = [cut_by_patience(c, patience) for c in curves]
+        print_rules(cut, rules, classes, args.epochs, patience)
+    return 0
+
+
+def print_rules(
+    curves: list[Curve], rules: dict[str, PrunerSpec], classes: int, epochs: int, patience: int
+) -> None:
+    """Replay every rule on curves; print one line per rule."""
+    finals = [c.final for c in curves]
+    median_final, best = statistics.median(finals), max(range(len(curves)), key=finals.__getitem__)
+    full = sum(len(c.top1) for c in curves)
+    print(
+        f"# patience {patience or 'off'}: {full} epochs without pruning; median final val top-1"
+        f" {median_final:.3f}, best {finals[best]:.3f} (trial {best})"
+    )
+    print(f"{'rule':<28} {'pruned':>6} {'false':>5} {'best kept':>9} {'epochs':>7}  pruned at")
     for name, spec in rules.items():
-        ends = replay(curves, make_pruner(spec, True, args.epochs), classes)
+        pruner = make_pruner(spec, True, epochs)
+        ends = replay(curves, pruner, classes, by_steps=not name.endswith(" epochs"))
         pruned = [i for i, e in enumerate(ends) if e > 0]
         false = [i for i in pruned if finals[i] > median_final]
         spent = sum(abs(e) for e in ends) / full
         at = ",".join(f"{i}@{ends[i]}" for i in pruned)
         kept = "yes" if best not in pruned else "NO"
-        print(f"{name:<24} {len(pruned):>6} {len(false):>5} {kept:>9} {spent:>7.0%}  {at}")
-    return 0
+        print(f"{name:<28} {len(pruned):>6} {len(false):>5} {kept:>9} {spent:>7.0%}  {at}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from bench.pruning_replay import Curve, cut_by_patience
 from models.evaluate import evaluate
 from models.rnn import BagOfFrames, ModelSpec, build_model
 from models.training import (
@@ -203,6 +204,10 @@ def test_patience_stops_a_plateaued_run_at_the_epoch_the_rule_names():
         full.epochs[stop - 3].val_loss, rel=1e-5
     )  # the model holds the best epoch's weights
     assert not full.stopped_early and full.epochs_run == 12
+    # bench/pruning_replay.py cuts full curves where this rule stops: the same epoch.
+    curve = Curve({}, [r.val_top1 for r in full.epochs], [], [], [r.val_loss for r in full.epochs])
+    assert len(cut_by_patience(curve, 2).top1) == stop
+    assert len(cut_by_patience(curve, 0).top1) == 12
 
 
 def test_epoch_results_carry_per_clip_validation_outcomes_in_loader_order():
