@@ -52,6 +52,7 @@ class Verdict:
     value: float  # this trial's figure at epoch: top-1, or mean loss
     reference_value: float
     reference_number: int
+    reference_epoch: int  # the reference's epoch compared: no more steps than this trial's
     test: str
     p: float
     alpha: float
@@ -62,20 +63,14 @@ class Verdict:
     c: int | None = None
     z: float | None = None  # Wilcoxon's statistic (loss only)
     reference_chance_p: float = 1.0  # reference's top-1 against chance
-    reference_epoch: int | None = None  # the reference's epoch compared (same steps); None: epoch
-
-    @property
-    def compared_epoch(self) -> int:
-        """Return the reference's epoch this trial was compared with."""
-        return self.epoch if self.reference_epoch is None else self.reference_epoch
 
     def reason(self) -> dict[str, Any]:
         """Return the prune reason as stored in the trial's `prune_reason` user attr."""
         unit = "points" if self.metric == "top1" else "loss"
         stat = f"b={self.b} c={self.c}" if self.metric == "top1" else f"z={self.z:.2f}"
         at = (
-            f" at its epoch {self.compared_epoch} (no more optimizer steps)"
-            if self.compared_epoch != self.epoch
+            f" at its epoch {self.reference_epoch} (no more optimizer steps)"
+            if self.reference_epoch != self.epoch
             else ""
         )
         text = (
@@ -91,7 +86,7 @@ class Verdict:
             "value": self.value,
             "reference_value": self.reference_value,
             "reference_trial": self.reference_number,
-            "reference_epoch": self.compared_epoch,
+            "reference_epoch": self.reference_epoch,
             "test": self.test,
             "p": self.p,
             "alpha": self.alpha,
@@ -213,6 +208,7 @@ class PairedPruner(optuna.pruners.BasePruner):
             value=_score(mine),
             reference_value=_score(theirs),
             reference_number=ref.number,
+            reference_epoch=ref_epoch,
             test=test,
             p=p,
             alpha=self.alpha,
@@ -220,6 +216,5 @@ class PairedPruner(optuna.pruners.BasePruner):
             noise=noise,
             clips=len(mine),
             reference_chance_p=chance_p,
-            reference_epoch=ref_epoch,
             **extra,
         )

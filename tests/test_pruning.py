@@ -243,7 +243,7 @@ def test_a_larger_batch_trial_is_compared_at_the_same_optimizer_steps():
     pruner = _pruner()
     slow = _climber(_curve_study(pruner, steps_per_epoch=100), steps_per_epoch=25, right=50)
     assert not slow.should_prune()
-    assert pruner.last_verdict(slow.number).compared_epoch == 1
+    assert pruner.last_verdict(slow.number).reference_epoch == 1
     # The same outcomes with the references' steps: 50 against their 160 at epoch 4, pruned.
     same = _climber(_curve_study(pruner, steps_per_epoch=100), steps_per_epoch=100, right=50)
     assert same.should_prune()
@@ -257,7 +257,7 @@ def test_steps_matching_never_compares_at_a_later_epoch_or_before_the_first():
     # A smaller batch (4x the steps) is still compared at its own epoch, not the references' 16th.
     fast = _climber(_curve_study(pruner, steps_per_epoch=25), steps_per_epoch=100, right=50)
     assert fast.should_prune()
-    assert pruner.last_verdict(fast.number).compared_epoch == 4
+    assert pruner.last_verdict(fast.number).reference_epoch == 4
     # 2 steps an epoch against 100: fewer steps than the references' first epoch, no test.
     tiny = _climber(_curve_study(pruner, steps_per_epoch=100), steps_per_epoch=2, right=0)
     assert not tiny.should_prune() and pruner.last_verdict(tiny.number) is None
