@@ -126,6 +126,7 @@ def test_paired_pruner_prunes_a_trial_that_cannot_learn_with_the_test_it_failed(
     study = _load(tmp_path)
     for t in study.trials:  # every epoch's per-clip outcomes are on record for other workers
         assert t.user_attrs["val_num_classes"] == 3
+        assert t.user_attrs["train_steps_per_epoch"] == 21  # 168 training clips, batch 8
         assert t.user_attrs["stopped_early"] is False and t.user_attrs["epochs_run"] == 6
         assert all(
             set(t.user_attrs[f"val_clips/{e}"]) == {"correct", "loss"}
@@ -141,6 +142,7 @@ def test_paired_pruner_prunes_a_trial_that_cannot_learn_with_the_test_it_failed(
     assert reason["p"] < reason["alpha"] == 0.001 and reason["reference_chance_p"] < 0.001
     assert reason["value"] < reason["reference_value"] and reason["gap"] > 2 * reason["noise"]
     assert reason["b"] > reason["c"] and reason["epoch"] == max(dull.intermediate_values) >= 2
+    assert reason["reference_epoch"] == reason["epoch"]  # one batch size: equal steps, epochs
 
 
 @pytest.mark.slow
