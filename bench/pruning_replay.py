@@ -255,18 +255,24 @@ def main(argv: list[str] | None = None) -> int:
             f"paired loss a={a:g}": PrunerSpec(kind="paired", metric="loss", alpha=a, **base)
             for a in (0.05, 0.01, 0.001)
         },
-        "paired top1 a=0.001 epochs": PrunerSpec(kind="paired", alpha=0.001, **base),
     }
+    # The paired rule before steps per epoch were recorded: it pairs trials at equal epochs.
+    by_epochs = {"paired top1 a=0.001 epochs": PrunerSpec(kind="paired", alpha=0.001, **base)}
     for patience in sorted({0, args.patience}):
         cut = [cut_by_patience(c, patience) for c in curves]
-        print_rules(cut, rules, classes, args.epochs, patience)
+        print_rules(cut, rules, by_epochs, classes, args.epochs, patience)
     return 0
 
 
 def print_rules(
-    curves: list[Curve], rules: dict[str, PrunerSpec], classes: int, epochs: int, patience: int
+    curves: list[Curve],
+    rules: dict[str, PrunerSpec],
+    by_epochs: dict[str, PrunerSpec],
+    classes: int,
+    epochs: int,
+    patience: int,
 ) -> None:
-    """Replay every rule on curves; print one line per rule."""
+    """Replay every rule on curves (by_epochs without steps per epoch); print a line a rule."""
     finals = [c.final for c in curves]
     median_final, best = statistics.median(finals), max(range(len(curves)), key=finals.__getitem__)
     full = sum(len(c.top1) for c in curves)
@@ -275,9 +281,9 @@ def print_rules(
         f" {median_final:.3f}, best {finals[best]:.3f} (trial {best})"
     )
     print(f"{'rule':<28} {'pruned':>6} {'false':>5} {'best kept':>9} {'epochs':>7}  pruned at")
-    for name, spec in rules.items():
+    for name, spec in [*rules.items(), *by_epochs.items()]:
         pruner = make_pruner(spec, True, epochs)
-        ends = replay(curves, pruner, classes, by_steps=not name.endswith(" epochs"))
+        ends = replay(curves, pruner, classes, by_steps=name not in by_epochs)
         pruned = [i for i, e in enumerate(ends) if e > 0]
         false = [i for i in pruned if finals[i] > median_final]
         spent = sum(abs(e) for e in ends) / full
