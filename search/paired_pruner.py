@@ -177,7 +177,7 @@ class PairedPruner(optuna.pruners.BasePruner):
         for t in completed:
             at = matched_epoch(trial, t, epoch)
             theirs = _outcome(t, at, self.metric)
-            correct = read_correct(t.user_attrs, at)
+            correct = theirs if self.metric == "top1" else read_correct(t.user_attrs, at)
             if theirs is not None and correct is not None and len(theirs) == len(mine):
                 peers.append((t, at, theirs, correct))
         if not peers:
