@@ -88,6 +88,7 @@ class PrunerSpec:
     metric: str = "top1"  # paired: what the test judges, top1 | loss
     reference: str = "median"  # paired: the completed trial compared with, median | best
     alpha: float = 0.001  # paired: prune only below this p (and the reference above chance)
+    slack: float = 1.0  # paired: judge against the reference at 1/slack of the trial's steps
     min_resource: int = 1  # successive_halving / hyperband: epochs of the first rung
     reduction_factor: int = 3  # successive_halving / hyperband
 
@@ -272,6 +273,7 @@ def _check_sections(d: StudyDefinition, where: str) -> None:
         (d.pruner.metric in ("top1", "loss"), "pruner.metric must be top1 or loss"),
         (d.pruner.reference in ("median", "best"), "pruner.reference must be median or best"),
         (0 < d.pruner.alpha < 1, "pruner.alpha must be between 0 and 1 (e.g. 0.001)"),
+        (d.pruner.slack >= 1, "pruner.slack must be at least 1 (1: no slack, 2: half the steps)"),
         (d.pruner.min_resource >= 1, "pruner.min_resource must be at least 1 epoch"),
         (d.pruner.reduction_factor >= 2, "pruner.reduction_factor must be at least 2"),
         (d.pruner.startup_trials >= 0, "pruner.startup_trials must be >= 0"),

@@ -5,8 +5,11 @@ is the completed trial whose value is the median of those recorded (or the best)
 completed trial read at the latest of its epochs that has had no more optimizer steps and no
 more epochs than this trial: a batch-64 trial at epoch 8 has taken the steps a batch-16 trial
 takes in 2 epochs, and judged at equal epochs it trails only because it has updated 4x less
-(the late climber the search-quality audit found). This trial is tested against it on the
-same validation clips, one-sided:
+(the late climber the search-quality audit found). With slack k > 1 the reference is read at
+1/k of that epoch instead (rounded down): a trial is then pruned only when it is significantly
+behind where the reference stood with k times fewer steps, so a slow starter that learns at
+half the pace (k = 2) survives the first epochs, while a trial stuck at chance does not. This
+trial is tested against the reference on the same validation clips, one-sided:
 
 - top1: exact McNemar test on the discordant clips (b only the reference gets right, c only
   this trial): p = P(Binom(b + c, 1/2) >= b).
@@ -63,16 +66,18 @@ class Verdict:
     c: int | None = None
     z: float | None = None  # Wilcoxon's statistic (loss only)
     reference_chance_p: float = 1.0  # reference's top-1 against chance
+    slack: float = 1.0  # the reference was read at 1/slack of this trial's steps
 
     def reason(self) -> dict[str, Any]:
         """Return the prune reason as stored in the trial's `prune_reason` user attr."""
         unit = "points" if self.metric == "top1" else "loss"
         stat = f"b={self.b} c={self.c}" if self.metric == "top1" else f"z={self.z:.2f}"
-        at = (
-            f" at its epoch {self.reference_epoch} (no more optimizer steps)"
-            if self.reference_epoch != self.epoch
-            else ""
-        )
+        if self.slack > 1:
+            at = f" at its epoch {self.reference_epoch} (at most 1/{self.slack:g} of the steps)"
+        elif self.reference_epoch != self.epoch:
+            at = f" at its epoch {self.reference_epoch} (no more optimizer steps)"
+        else:
+            at = ""
         text = (
             f"pruned at epoch {self.epoch}: val {self.metric} {self.value:.4f} vs "
             f"{self.reference_value:.4f} of trial {self.reference_number}{at} on the same "
@@ -94,6 +99,7 @@ class Verdict:
             "noise": self.noise,
             "clips": self.clips,
             "reference_chance_p": self.reference_chance_p,
+            "slack": self.slack,
             "text": text,
         }
         if self.metric == "top1":
@@ -109,15 +115,19 @@ def _outcome(trial: FrozenTrial, epoch: int, metric: str) -> np.ndarray | None:
     return read_loss(trial.user_attrs, epoch)
 
 
-def matched_epoch(trial: FrozenTrial, reference: FrozenTrial, epoch: int) -> int:
+def matched_epoch(
+    trial: FrozenTrial, reference: FrozenTrial, epoch: int, slack: float = 1.0
+) -> int:
     """Return the reference's epoch to compare with trial's epoch: no more steps, no more epochs.
 
     Either trial without its steps per epoch (recorded before steps were kept) means epoch.
+    slack k: the reference is read at 1/k of that epoch, rounded down (0: it has none).
     """
     mine, theirs = trial.user_attrs.get(STEPS_KEY), reference.user_attrs.get(STEPS_KEY)
-    if not (isinstance(mine, int) and isinstance(theirs, int) and mine > 0 and theirs > 0):
-        return epoch
-    return min(epoch, epoch * mine // theirs)
+    matched = epoch
+    if isinstance(mine, int) and isinstance(theirs, int) and mine > 0 and theirs > 0:
+        matched = min(epoch, epoch * mine // theirs)
+    return int(matched / slack)
 
 
 def _score(outcome: np.ndarray) -> float:
@@ -133,6 +143,7 @@ class PairedPruner(optuna.pruners.BasePruner):
         metric: str = "top1",
         reference: str = "median",
         alpha: float = 0.001,
+        slack: float = 1.0,
         startup_trials: int = 5,
         warmup_epochs: int = 2,
     ) -> None:
@@ -141,7 +152,9 @@ class PairedPruner(optuna.pruners.BasePruner):
                 f"PairedPruner: metric {metric!r}, reference {reference!r} or "
                 f"alpha {alpha!r} is not one of {METRICS}, {REFERENCES}, (0, 1)"
             )
-        self.metric, self.reference, self.alpha = metric, reference, alpha
+        if not slack >= 1:
+            raise ValueError(f"PairedPruner: slack {slack!r} must be at least 1 (1: no slack)")
+        self.metric, self.reference, self.alpha, self.slack = metric, reference, alpha, slack
         self.startup_trials, self.warmup_epochs = startup_trials, warmup_epochs
         self._verdicts: dict[int, Verdict] = {}  # by trial number: the reason for the objective
         self._lock = threading.Lock()  # --jobs N trials share one pruner
@@ -175,7 +188,9 @@ class PairedPruner(optuna.pruners.BasePruner):
             return None
         peers = []
         for t in completed:
-            at = matched_epoch(trial, t, epoch)
+            at = matched_epoch(trial, t, epoch, self.slack)
+            if at < 1:
+                continue
             theirs = _outcome(t, at, self.metric)
             correct = theirs if self.metric == "top1" else read_correct(t.user_attrs, at)
             if theirs is not None and correct is not None and len(theirs) == len(mine):
@@ -216,5 +231,6 @@ class PairedPruner(optuna.pruners.BasePruner):
             noise=noise,
             clips=len(mine),
             reference_chance_p=chance_p,
+            slack=self.slack,
             **extra,
         )

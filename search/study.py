@@ -30,6 +30,7 @@ def make_pruner(
             metric=spec.metric,
             reference=spec.reference,
             alpha=spec.alpha,
+            slack=spec.slack,
             startup_trials=spec.startup_trials,
             warmup_epochs=spec.warmup_epochs,
         )

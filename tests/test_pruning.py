@@ -269,6 +269,41 @@ def test_steps_matching_never_compares_at_a_later_epoch_or_before_the_first():
     assert "at its epoch 2 (no more optimizer steps)" in reason["text"]
 
 
+def test_slack_judges_against_where_the_reference_stood_with_fewer_steps():
+    # References stand at 80 of 200 at epoch 2 and 160 at epoch 4. A slow starter with 76 at
+    # epoch 4 trails them at equal steps, but not where they stood with half the steps.
+    strict, slack = _pruner(), _pruner(slack=2)
+    assert _climber(_curve_study(strict, steps_per_epoch=100), 100, right=76).should_prune()
+    slow = _climber(_curve_study(slack, steps_per_epoch=100), 100, right=76)
+    assert not slow.should_prune()
+    assert slack.last_verdict(slow.number).reference_epoch == 2
+    # A trial stuck below chance (20) is still pruned, and the reason names the slack.
+    stuck = _climber(_curve_study(slack, steps_per_epoch=100), 100, right=10)
+    assert stuck.should_prune()
+    reason = explain_prune(stuck, 4, 0.05)
+    assert reason["reference_epoch"] == 2 and reason["slack"] == 2
+    assert "at its epoch 2 (at most 1/2 of the steps)" in reason["text"]
+    # Slack divides the steps-matched epoch: 4 epochs at half the steps -> epoch 2 -> 1.
+    half = _climber(_curve_study(slack, steps_per_epoch=100), 50, right=10)
+    assert half.should_prune() and slack.last_verdict(half.number).reference_epoch == 1
+
+
+def test_slack_leaves_no_reference_before_its_first_epoch_and_rejects_below_one():
+    pruner = _pruner(slack=3)
+    study = _curve_study(pruner, steps_per_epoch=100)
+    trial = study.ask()
+    trial.set_user_attr(STEPS_KEY, 100)
+    trial.set_user_attr(CLASSES_KEY, CLASSES)
+    for key, value in outcome_attrs(2, _hits(0), np.zeros(CLIPS, "f4")).items():
+        trial.set_user_attr(key, value)
+    trial.report(0.0, 2)
+    # Epoch 2 / 3 rounds down to 0: no reference has an epoch to compare, so no test.
+    assert not trial.should_prune() and pruner.last_verdict(trial.number) is None
+    with pytest.raises(ValueError, match="slack"):
+        PairedPruner(slack=0.5)
+    assert make_pruner(PrunerSpec(kind="paired", slack=2.5), True).slack == 2.5
+
+
 @pytest.mark.parametrize(
     ("kind", "expected"),
     [
