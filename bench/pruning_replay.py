@@ -2,7 +2,7 @@
 
     python bench/pruning_replay.py [--trials 10] [--epochs 12] [--classes 12] [--clips 30]
                                    [--frames 40] [--dim 32] [--seed 0] [--threads 2]
-                                   [--patience 6]
+                                   [--patience 6] [--curves FILE.npz]
 
 1. Writes a small synthetic UCF-101 set whose classes differ in the order of their events
    (datasets.synthetic.write_synthetic), splits it as a study does (split 1, 4 val groups).
@@ -12,7 +12,8 @@
 3. Replays each rule on those curves through the real Optuna pruners, in trial order as a
    sequential study would (a pruned trial is not a reference for later ones): median,
    paired on top-1 and on loss at a few alphas (trials paired at equal optimizer steps, and
-   once at equal epochs, the rule before steps were kept), successive halving, Hyperband.
+   once at equal epochs, the rule before steps were kept), paired with a few slacks (the
+   reference read at 1/slack of the steps), successive halving, Hyperband.
 
 For each rule it prints: trials pruned; false prunes (a pruned trial whose final value, its best
 validation top-1 over the full budget, beats the median of all final values); whether the best
@@ -20,12 +21,15 @@ trial survived; and the epochs spent as a share of training every trial to the e
 --patience P it prints the table again with every curve cut where the study's patience rule
 (P epochs without a better top-1, ties to the lower loss) would have stopped it: the budget a
 real study has, so "epochs" is then the share of an unpruned study with the same patience.
-About 2 minutes on 2 busy CPU cores at the defaults; the lead reruns it bigger.
+About 2 minutes on 2 busy CPU cores at the defaults; the lead reruns it bigger. With --curves
+the trained curves are written to FILE.npz, or read back from it when it exists (and was made
+with the same data and training arguments), so a new rule is replayed in seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -156,6 +160,63 @@ def train_curves(args: argparse.Namespace, root: Path) -> tuple[list[Curve], int
     return curves, classes
 
 
+# The arguments that decide the curves: a saved file made with others is refused.
+CURVE_ARGS = ("trials", "epochs", "classes", "clips", "frames", "dim", "seed")
+
+
+def save_curves(path: Path, curves: list[Curve], classes: int, args: argparse.Namespace) -> None:
+    """Write curves to path (.npz): per-clip outcomes as arrays, the rest as JSON."""
+    meta = {
+        "args": {k: getattr(args, k) for k in CURVE_ARGS},
+        "classes": classes,
+        "curves": [
+            {
+                "params": c.params,
+                "top1": c.top1,
+                "mean_loss": c.mean_loss,
+                "steps_per_epoch": c.steps_per_epoch,
+                "diverged": c.diverged,
+            }
+            for c in curves
+        ],
+    }
+    arrays = {}
+    for i, c in enumerate(curves):
+        if c.top1:  # a trial that diverged in epoch 1 has no outcomes
+            arrays[f"correct_{i}"] = np.stack(c.correct)
+            arrays[f"loss_{i}"] = np.stack(c.loss)
+    np.savez_compressed(path, meta=np.array(json.dumps(meta)), **arrays)
+
+
+def load_curves(path: Path, args: argparse.Namespace) -> tuple[list[Curve], int]:
+    """Return the curves and validation classes saved at path; SystemExit if args differ."""
+    with np.load(path) as saved:
+        meta = json.loads(str(saved["meta"]))
+        wanted = {k: getattr(args, k) for k in CURVE_ARGS}
+        if meta["args"] != wanted:
+            raise SystemExit(
+                f"{path}: curves were trained with {meta['args']}, not {wanted}; "
+                "pass the same arguments or another --curves file"
+            )
+        curves = []
+        for i, c in enumerate(meta["curves"]):
+            n = len(c["top1"])
+            correct = list(saved[f"correct_{i}"]) if n else []
+            loss = list(saved[f"loss_{i}"]) if n else []
+            curves.append(
+                Curve(
+                    c["params"],
+                    c["top1"],
+                    correct,
+                    loss,
+                    mean_loss=c["mean_loss"],
+                    steps_per_epoch=c["steps_per_epoch"],
+                    diverged=c["diverged"],
+                )
+            )
+    return curves, meta["classes"]
+
+
 def cut_by_patience(curve: Curve, patience: int) -> Curve:
     """Return the curve up to the epoch where models.training's patience rule stops it."""
     best, best_epoch, end = None, 0, len(curve.top1)
@@ -186,7 +247,8 @@ def replay(
 
     by_steps=False withholds the steps per epoch: the paired rule then pairs equal epochs.
     """
-    study = optuna.create_study(direction="maximize", pruner=pruner)
+    # A fixed name: Hyperband assigns brackets by a checksum of the study's name.
+    study = optuna.create_study(study_name="replay", direction="maximize", pruner=pruner)
     ends = []
     for curve in curves:
         trial = study.ask()
@@ -229,6 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         "--patience", type=int, default=0, help="also replay with curves cut by this patience"
     )
     p.add_argument(
+        "--curves",
+        type=Path,
+        help="save the trained curves to this .npz, or replay the ones already saved there",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -238,9 +305,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        curves, classes = train_curves(args, Path(tmp))
-    print(f"# {len(curves)} trials x {args.epochs} epochs in {time.perf_counter() - started:.0f}s")
+    if args.curves is not None and args.curves.exists():
+        curves, classes = load_curves(args.curves, args)
+        print(f"# {len(curves)} trials x {args.epochs} epochs read from {args.curves}")
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            curves, classes = train_curves(args, Path(tmp))
+        took = time.perf_counter() - started
+        print(f"# {len(curves)} trials x {args.epochs} epochs in {took:.0f}s")
+        if args.curves is not None:
+            save_curves(args.curves, curves, classes, args)
     base = {"startup_trials": args.startup, "warmup_epochs": args.warmup}
     rules = {
         "none": PrunerSpec(kind="none"),
@@ -254,6 +328,12 @@ def main(argv: list[str] | None = None) -> int:
         **{
             f"paired loss a={a:g}": PrunerSpec(kind="paired", metric="loss", alpha=a, **base)
             for a in (0.05, 0.01, 0.001)
+        },
+        **{
+            f"paired top1 a={a:g} slack {k:g}": PrunerSpec(
+                kind="paired", metric="top1", alpha=a, slack=k, **base
+            )
+            for a, k in ((0.001, 1.5), (0.001, 2), (0.001, 3), (0.01, 2))
         },
     }
     # The paired rule before steps per epoch were recorded: it pairs trials at equal epochs.
@@ -280,7 +360,7 @@ def print_rules(
         f"# patience {patience or 'off'}: {full} epochs without pruning; median final val top-1"
         f" {median_final:.3f}, best {finals[best]:.3f} (trial {best})"
     )
-    print(f"{'rule':<28} {'pruned':>6} {'false':>5} {'best kept':>9} {'epochs':>7}  pruned at")
+    print(f"{'rule':<32} {'pruned':>6} {'false':>5} {'best kept':>9} {'epochs':>7}  pruned at")
     for name, spec in [*rules.items(), *by_epochs.items()]:
         pruner = make_pruner(spec, True, epochs)
         ends = replay(curves, pruner, classes, by_steps=name not in by_epochs)
@@ -289,7 +369,7 @@ def print_rules(
         spent = sum(abs(e) for e in ends) / full
         at = ",".join(f"{i}@{ends[i]}" for i in pruned)
         kept = "yes" if best not in pruned else "NO"
-        print(f"{name:<28} {len(pruned):>6} {len(false):>5} {kept:>9} {spent:>7.0%}  {at}")
+        print(f"{name:<32} {len(pruned):>6} {len(false):>5} {kept:>9} {spent:>7.0%}  {at}")
 
 
 if __name__ == "__main__":
