@@ -110,28 +110,33 @@ def definition_for(arm: str, quick: bool, work: Path) -> Path:
     return path
 
 
-def hand_arm(pattern: str, quick: bool, device: str, work: Path) -> dict[str, Any]:
-    """Refit the hand-set configuration on train + validation and score the test groups."""
+def trial_settings(pattern: str, quick: bool, device: str, work: Path, name: str) -> Any:
+    """Return the TrialSettings a study of the default definition gives its trials (untracked)."""
     from search.best_checkpoint import BestCheckpoint
     from search.definition import load_definition
     from search.objective import TrialSettings
-    from search.refit import refit_and_score
     from search.study_data import load_study_data
     from search.tracking import TrackingConfig
 
-    definition = load_definition(definition_for("hand", quick, work))
-    started = time.perf_counter()
-    data = load_study_data(definition.data, pattern, False)
-    settings = TrialSettings(
+    definition = load_definition(definition_for(name, quick, work))
+    return TrialSettings(
         definition=definition,
-        data=data,
+        data=load_study_data(definition.data, pattern, False),
         device=_device(device),
         seed=0,
         epochs=definition.train.max_epochs,
-        tracking=TrackingConfig(mode="disabled", project="bench", group="hand", dir=str(work)),
-        checkpoint=BestCheckpoint(work / "hand-best.pt"),
-        artifact_dir=work / "hand-artifacts",
+        tracking=TrackingConfig(mode="disabled", project="bench", group=name, dir=str(work)),
+        checkpoint=BestCheckpoint(work / f"{name}-best.pt"),
+        artifact_dir=work / f"{name}-artifacts",
     )
+
+
+def hand_arm(pattern: str, quick: bool, device: str, work: Path) -> dict[str, Any]:
+    """Refit the hand-set configuration on train + validation and score the test groups."""
+    from search.refit import refit_and_score
+
+    started = time.perf_counter()
+    settings = trial_settings(pattern, quick, device, work, "hand")
     params, epochs = (QUICK_HAND, QUICK_HAND_EPOCHS) if quick else (HAND, HAND_EPOCHS)
     refit = refit_and_score(params, settings, seed=0, epochs=epochs)
     return {

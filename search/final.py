@@ -88,6 +88,7 @@ def _refit(
         return {"epochs": epochs, "train_clips": None, "test": None, "diverged": exc.reason}
     return {
         "epochs": refit.epochs,
+        "averaged_epochs": refit.averaged,
         "train_clips": refit.train_clips,
         "test": evaluation_dict(refit.test),
     }

@@ -43,7 +43,7 @@ def evaluate_splits(
     and (sample) standard deviation of top-1, the figure UCF-101 papers report.
     """
     data_spec = settings.definition.data
-    per_split = []
+    per_split, averaged = [], 0
     for split in splits:
         started = time.perf_counter()
         spec = SplitSpec(
@@ -51,6 +51,7 @@ def evaluate_splits(
         )
         parts = split_parts(settings.data.features.filenames, spec)
         refit = refit_and_score(params, settings, seed, epochs, parts)
+        averaged = refit.averaged  # the same for every split: the same epochs
         low, high = bootstrap_interval(refit.test.correct, draws, seed=split)
         per_split.append(
             {
@@ -67,6 +68,7 @@ def evaluate_splits(
     return {
         "params": params,
         "epochs": epochs,
+        "averaged_epochs": averaged,
         "seed": seed,
         "bootstrap_draws": draws,
         "splits": per_split,

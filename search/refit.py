@@ -7,12 +7,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from torch import nn
 
+from datasets.batches import BatchLoader
 from models.evaluate import Evaluation, evaluate
 from models.rnn import build_model
 from models.seeding import seeded
-from models.training import train
+from models.training import TrainConfig, train
+from models.weight_average import EpochAverage
 from search.objective import TrialSettings, loaders, model_spec, train_config
+
+# Epochs whose final weights a refit averages: measured in bench/refit_stability.py (BENCHMARKS.md).
+AVERAGE_LAST = 3
 
 
 @dataclass(frozen=True)
@@ -22,6 +28,18 @@ class Refit:
     test: Evaluation
     epochs: int
     train_clips: int
+    averaged: int  # epochs whose final weights were averaged into the model scored
+
+
+@dataclass(frozen=True)
+class RefitRun:
+    """A refit ready to train: train(model, train_loader, None, config) runs it."""
+
+    model: nn.Module
+    train_loader: BatchLoader
+    test_loader: BatchLoader
+    config: TrainConfig
+    train_clips: int
 
 
 def all_training_parts(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -30,14 +48,14 @@ def all_training_parts(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"train": merged, "test": parts["test"]}
 
 
-def refit_and_score(
+def prepare_refit(
     params: dict[str, Any],
     settings: TrialSettings,
     seed: int,
     epochs: int,
     parts: dict[str, np.ndarray] | None = None,
-) -> Refit:
-    """Train params for exactly `epochs` on train + validation groups; score the test groups.
+) -> RefitRun:
+    """Build the model, loaders and config that train params for `epochs` on train + val.
 
     parts: the split's 'train' / 'val' / 'test' clip indices (default: the study's split).
     """
@@ -51,7 +69,26 @@ def refit_and_score(
     with seeded(seed):
         model = build_model(model_spec(params, refit_settings))
     train_loader, test_loader = loaders(params, refit_settings, seed, ("train", "test"))
-    # No validation part is left to choose an epoch on: the last epoch's weights are kept.
-    train(model, train_loader, None, config)
-    test = evaluate(model, test_loader, device=settings.device)
-    return Refit(test=test, epochs=epochs, train_clips=len(merged["train"]))
+    return RefitRun(model, train_loader, test_loader, config, len(merged["train"]))
+
+
+def refit_and_score(
+    params: dict[str, Any],
+    settings: TrialSettings,
+    seed: int,
+    epochs: int,
+    parts: dict[str, np.ndarray] | None = None,
+    average_last: int = AVERAGE_LAST,
+) -> Refit:
+    """Train params for exactly `epochs` on train + validation groups; score the test groups.
+
+    No validation part is left to choose an epoch on: the model scored is the mean of the
+    weights at the ends of the last `average_last` epochs (1: the last epoch's weights).
+    parts: the split's 'train' / 'val' / 'test' clip indices (default: the study's split).
+    """
+    run = prepare_refit(params, settings, seed, epochs, parts)
+    average = EpochAverage(run.model, epochs, average_last)
+    train(run.model, run.train_loader, None, run.config, on_epoch=average)
+    run.model.load_state_dict(average.state_dict())
+    test = evaluate(run.model, run.test_loader, device=settings.device)
+    return Refit(test=test, epochs=epochs, train_clips=run.train_clips, averaged=average.averaged)

@@ -163,7 +163,9 @@ def _summary_section(study: optuna.Study, best: FrozenTrial | None, attrs: dict[
                 f"Refit model: the same configuration retrained on all "
                 f"{html.escape(_fmt(refit.get('train_clips')))} training clips (validation "
                 f"groups included) for {html.escape(_fmt(refit.get('epochs')))} epochs, "
-                "its best epoch count; each was scored on the test groups once."
+                "its best epoch count"
+                + _averaged(refit.get("averaged_epochs"))
+                + "; each was scored on the test groups once."
             )
         if final.get("trial_number") != best.number:
             right += _note(
@@ -301,7 +303,10 @@ def _protocol_section(protocol: Any) -> str:
     summary = _kv_table(
         [
             ("trial", f"#{protocol.get('trial_number', '?')}"),
-            ("epochs per refit", _fmt(protocol.get("epochs"))),
+            (
+                "epochs per refit",
+                _fmt(protocol.get("epochs")) + _averaged(protocol.get("averaged_epochs")),
+            ),
             (
                 f"mean over {len(protocol['splits'])} splits",
                 f"{_pct(mean)} ± {float(std) * 100:.1f} points (std)"
@@ -536,6 +541,13 @@ def _kv_table(rows: Sequence[tuple[str, str]]) -> str:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _averaged(epochs: Any) -> str:
+    """Return ", weights averaged over its last N epochs" (nothing for records before it)."""
+    if not isinstance(epochs, int) or epochs < 2:
+        return ""
+    return f", weights averaged over its last {epochs} epochs"
 
 
 def _pct(value: Any) -> str:

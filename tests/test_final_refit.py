@@ -14,6 +14,7 @@ import search.refit
 from datasets.splits import SplitSpec, split_parts
 from models.training import TrainingDiverged
 from search.definition import load_definition
+from search.refit import AVERAGE_LAST
 from search.study_data import load_study_data
 
 
@@ -51,6 +52,7 @@ def test_refit_trains_on_train_and_val_clips_for_best_epochs_and_scores_test_onc
     assert epochs == best.user_attrs["best_epoch"]
     refit = final["refit"]
     assert refit["epochs"] == epochs and refit["train_clips"] == len(clips)
+    assert refit["averaged_epochs"] == min(AVERAGE_LAST, epochs)
     assert refit["test"]["examples"] == len(parts["test"]) == final["test"]["examples"]
     assert 0.0 <= refit["test"]["top1"] <= 1.0
     on_disk = json.loads((tmp_path / "runs" / "tiny" / "final.json").read_text())

@@ -13,6 +13,7 @@ from study_fixtures import study_args, write_tiny_data
 import run_study
 from datasets.splits import TEST_GROUPS
 from search.protocol import bootstrap_interval
+from search.refit import AVERAGE_LAST
 
 
 def test_bootstrap_interval_of_a_constant_is_that_constant():
@@ -50,6 +51,7 @@ def test_evaluate_scores_each_split_and_reports_their_mean_and_std(
     assert "refit" in final  # the study's own final score is kept beside it
     assert record["trial_number"] == study.best_trial.number
     assert record["epochs"] == study.best_trial.user_attrs["best_epoch"]
+    assert record["averaged_epochs"] == min(AVERAGE_LAST, record["epochs"])
     assert [s["split"] for s in record["splits"]] == [1, 2, 3]
     scores = [s["top1"] for s in record["splits"]]
     assert record["mean_top1"] == pytest.approx(statistics.fmean(scores))

@@ -195,7 +195,12 @@ def test_refit_test_score_is_shown_beside_the_search_models(tmp_path):
     best = _section(page, "Best configuration")
     assert f"test top-1, search model</th><td>{final['test']['top1'] * 100:.1f}%" in best
     assert "test top-1, refit model</th><td>98.8%" in best
-    assert "1234 training clips" in best and "for 7 epochs" in best
+    assert "1234 training clips" in best and "for 7 epochs, its best epoch count;" in best
+    # A refit that averaged its last epochs' weights says so.
+    final["refit"]["averaged_epochs"] = 3
+    study.set_user_attr("final", final)
+    best = _section(_report(study, tmp_path), "Best configuration")
+    assert "for 7 epochs, its best epoch count, weights averaged over its last 3 epochs;" in best
 
 
 def test_audit_section_shows_each_rerun_and_the_false_prune_rate_with_its_interval(tmp_path):
