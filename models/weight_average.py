@@ -1,8 +1,9 @@
 """The mean of a model's weights over the ends of its last epochs (stochastic weight averaging).
 
-A constant-learning-rate run stopped at a fixed epoch lands on a random point of a curve that
-moves 1-2 points of top-1 from epoch to epoch; with no validation left to pick an epoch (a refit
-on train + validation), the mean of the last few epochs' weights is a steadier end point.
+A refit on train + validation has no validation left to pick an epoch, and the last epoch of a
+constant learning rate is one point of a curve that still moves from epoch to epoch; the mean
+of the last few epochs' weights is a steadier end point (on the benchmark set it scores within
+noise of the last epoch, never below it: BENCHMARKS.md, bench/refit_stability.py).
 Recurrent models here have no batch norm, so the averaged weights need no statistics refreshed.
 """
 
