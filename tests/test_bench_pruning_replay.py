@@ -1,0 +1,60 @@
+"""bench/pruning_replay.py: saved curves read back as trained, and replays that repeat."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+from bench.pruning_replay import Curve, load_curves, replay, save_curves
+from search.definition import PrunerSpec
+from search.study import make_pruner
+
+ARGS = {"trials": 3, "epochs": 4, "classes": 5, "clips": 8, "frames": 20, "dim": 8, "seed": 0}
+
+
+def _curves() -> list[Curve]:
+    rng = np.random.default_rng(0)
+    curves = []
+    for i in range(3):
+        correct = [rng.random(40) < 0.2 * (e + i) / 4 for e in range(1, 5)]
+        loss = [rng.random(40).astype(np.float32) for _ in range(4)]
+        curves.append(
+            Curve(
+                {"cell": "gru", "lr": 1e-3 * (i + 1), "batch_size": 16},
+                [float(c.mean()) for c in correct],
+                correct,
+                loss,
+                mean_loss=[float(x.mean()) for x in loss],
+                steps_per_epoch=10 + i,
+            )
+        )
+    # A trial that diverged in its first epoch: no outcomes at all.
+    curves.append(Curve({"cell": "lstm"}, [], [], [], steps_per_epoch=7, diverged=True))
+    return curves
+
+
+def test_saved_curves_read_back_as_they_were_and_other_arguments_are_refused(tmp_path):
+    path, curves = tmp_path / "c.npz", _curves()
+    save_curves(path, curves, 5, argparse.Namespace(**ARGS))
+    back, classes = load_curves(path, argparse.Namespace(**ARGS))
+    assert classes == 5 and len(back) == len(curves)
+    for mine, theirs in zip(curves, back, strict=True):
+        assert (mine.params, mine.top1, mine.mean_loss) == (
+            theirs.params,
+            theirs.top1,
+            theirs.mean_loss,
+        )
+        assert (mine.steps_per_epoch, mine.diverged) == (theirs.steps_per_epoch, theirs.diverged)
+        for a, b in zip(mine.correct + mine.loss, theirs.correct + theirs.loss, strict=True):
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+    with pytest.raises(SystemExit, match="curves were trained with"):
+        load_curves(path, argparse.Namespace(**{**ARGS, "epochs": 5}))
+
+
+def test_hyperband_replays_the_same_brackets_every_time():
+    curves = _curves()[:3] * 4  # 12 trials: enough for brackets to differ by study name
+    spec = PrunerSpec(kind="hyperband", startup_trials=0, warmup_epochs=0)
+    ends = [replay(curves, make_pruner(spec, True, 4), 5) for _ in range(3)]
+    assert ends[0] == ends[1] == ends[2]
