@@ -38,6 +38,7 @@ from search_quality import (
 
 from models.evaluate import evaluate
 from models.training import EpochResult, train
+from models.weight_average import EpochAverage
 from search.refit import prepare_refit
 
 # name: (params, refit epochs). trial10: the search's best of an earlier run, refit once to 0.9802.
@@ -63,18 +64,16 @@ def refit_scores(
 ) -> dict[int, float]:
     """Refit params once with seed; return test top-1 for the mean of each last-k weights."""
     run = prepare_refit(params, settings, seed, epochs)
-    keep = max(averages)
-    states: list[dict[str, torch.Tensor]] = []
+    means = {k: EpochAverage(run.model, epochs, k) for k in averages}
 
-    def snapshot(result: EpochResult) -> None:
-        if result.epoch > epochs - keep:
-            states.append({k: v.detach().clone() for k, v in run.model.state_dict().items()})
+    def average_each(result: EpochResult) -> None:
+        for mean in means.values():
+            mean(result)
 
-    train(run.model, run.train_loader, None, run.config, on_epoch=snapshot)
+    train(run.model, run.train_loader, None, run.config, on_epoch=average_each)
     scores = {}
-    for k in averages:
-        last = states[-k:]
-        run.model.load_state_dict({n: sum(s[n] for s in last) / len(last) for n in last[0]})
+    for k, mean in means.items():
+        run.model.load_state_dict(mean.state_dict())
         scores[k] = float(evaluate(run.model, run.test_loader, device=settings.device).top1)
     return scores
 
