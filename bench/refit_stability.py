@@ -5,9 +5,9 @@
 
 On bench/search_quality.py's data set (generated into --data-dir unless it is there), each
 configuration is refit as `run_study.py` refits the best trial (search.refit: train +
-validation groups, a fixed epoch count, constant learning rate) once per seed. The weights at
-the end of every one of the last max(--average) epochs are kept, and the test groups are
-scored for each k in --average with the mean of the last k epochs' weights (k = 1: the last
+validation groups, a fixed epoch count, constant learning rate) once per seed. For each k in
+--average the refit's own running mean (models.weight_average) of the last k epochs' weights
+is kept, and the test groups are scored with each (k = 1: the last
 epoch's own, what the refit used before averaging), all from the same training run. Printed
 per configuration and k: test top-1 per seed, its mean, standard deviation and range. The
 configurations are the hand-set run and a best trial the search-quality benchmark found
