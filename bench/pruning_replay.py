@@ -21,6 +21,10 @@ trial survived; and the epochs spent as a share of training every trial to the e
 --patience P it prints the table again with every curve cut where the study's patience rule
 (P epochs without a better top-1, ties to the lower loss) would have stopped it: the budget a
 real study has, so "epochs" is then the share of an unpruned study with the same patience.
+Under each table, the bound: what an oracle that knows every final value would spend, pruning
+each trial that ends at or below the median at the warmup epoch (or 2 epochs later), with no
+false prune or with under 10 % of them. Since a false prune is one above the median, the upper
+half of the trials always runs its whole curve, and no rule's epochs can go below this line.
 About 2 minutes on 2 busy CPU cores at the defaults; the lead reruns it bigger. With --curves
 the trained curves are written to FILE.npz, or read back from it when it exists (and was made
 with the same data and training arguments), so a new rule is replayed in seconds.
@@ -236,6 +240,30 @@ def cut_by_patience(curve: Curve, patience: int) -> Curve:
     )
 
 
+def oracle_share(
+    curves: list[Curve], startup: int, epoch: int, false_rate: float = 0.0
+) -> tuple[float, int, int]:
+    """Return the least share of epochs any rule can spend, and its prunes and false prunes.
+
+    The oracle knows every final value: after the `startup` trials (which complete, as under
+    every rule), it prunes at `epoch` each trial that finishes at or below the median, plus
+    the longest-running trials above it while false prunes stay under `false_rate` of the
+    prunes (0: none). No rule that must wait for evidence can spend less.
+    """
+    finals = [c.final for c in curves]
+    median = statistics.median(finals)
+    lengths = [len(c.top1) for c in curves]
+    later = range(startup, len(curves))
+    true = [i for i in later if finals[i] <= median]
+    above = sorted((i for i in later if finals[i] > median), key=lambda i: -lengths[i])
+    false = 0
+    while false < len(above) and (false + 1) < false_rate * (len(true) + false + 1):
+        false += 1
+    pruned = set(true) | set(above[:false])
+    spent = sum(min(epoch, n) if i in pruned else n for i, n in enumerate(lengths))
+    return spent / sum(lengths), len(pruned), false
+
+
 def _short(v: object) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
@@ -341,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     for patience in sorted({0, args.patience}):
         cut = [cut_by_patience(c, patience) for c in curves]
         print_rules(cut, rules, by_epochs, classes, args.epochs, patience)
+        print_bound(cut, args.startup, max(1, args.warmup))
     return 0
 
 
@@ -370,6 +399,18 @@ def print_rules(
         at = ",".join(f"{i}@{ends[i]}" for i in pruned)
         kept = "yes" if best not in pruned else "NO"
         print(f"{name:<32} {len(pruned):>6} {len(false):>5} {kept:>9} {spent:>7.0%}  {at}")
+
+
+def print_bound(curves: list[Curve], startup: int, warmup: int) -> None:
+    """Print what an oracle would spend: the floor under every rule's epochs column."""
+    for epoch in (warmup, warmup + 2):
+        for rate in (0.0, 0.1):
+            share, pruned, false = oracle_share(curves, startup, epoch, rate)
+            allowed = f"false prunes under {rate:.0%} of the prunes" if rate else "no false prune"
+            print(
+                f"# bound at epoch {epoch}, {allowed}: an oracle"
+                f" prunes {pruned} ({false} false) and spends {share:.0%} of the epochs"
+            )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import argparse
 import numpy as np
 import pytest
 
-from bench.pruning_replay import Curve, load_curves, replay, save_curves
+from bench.pruning_replay import Curve, load_curves, oracle_share, replay, save_curves
 from search.definition import PrunerSpec
 from search.study import make_pruner
 
@@ -58,3 +58,22 @@ def test_hyperband_replays_the_same_brackets_every_time():
     spec = PrunerSpec(kind="hyperband", startup_trials=0, warmup_epochs=0)
     ends = [replay(curves, make_pruner(spec, True, 4), 5) for _ in range(3)]
     assert ends[0] == ends[1] == ends[2]
+
+
+def _flat(final: float, epochs: int) -> Curve:
+    correct = [np.arange(10) < round(10 * final)] * epochs
+    return Curve({}, [final] * epochs, correct, [np.zeros(10, np.float32)] * epochs)
+
+
+def test_the_oracle_prunes_the_lower_half_at_the_epoch_and_spares_the_upper_half():
+    # Finals 0.1 .. 0.9 over 10 epochs, and two 30-epoch trials at 0.8 and 0.9: the median of
+    # the 11 finals is 0.6. The startup trial (0.1) completes.
+    curves = [_flat(f / 10, 10) for f in range(1, 10)] + [_flat(0.8, 30), _flat(0.9, 30)]
+    share, pruned, false = oracle_share(curves, startup=1, epoch=2)
+    # pruned: 0.2 .. 0.6 (5 trials, 2 epochs each); the rest run their whole curves.
+    assert (pruned, false) == (5, 0)
+    assert share == pytest.approx((10 + 5 * 2 + 3 * 10 + 2 * 30) / (9 * 10 + 2 * 30))
+    # Under 20 % false: one of the two 30-epoch upper-half trials may go too (1 of 6 < 20 %).
+    share, pruned, false = oracle_share(curves, startup=1, epoch=2, false_rate=0.2)
+    assert (pruned, false) == (6, 1)
+    assert share == pytest.approx((10 + 6 * 2 + 3 * 10 + 30) / (9 * 10 + 2 * 30))
