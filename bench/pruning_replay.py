@@ -15,8 +15,10 @@
    once at equal epochs, the rule before steps were kept), paired with a few slacks (the
    reference read at 1/slack of the steps), successive halving, Hyperband.
 
-For each rule it prints: trials pruned; false prunes (a pruned trial whose final value, its best
-validation top-1 over the full budget, beats the median of all final values); whether the best
+For each rule it prints: trials pruned; false prunes, a pruned trial whose final value (its best
+validation top-1 over the full budget) beats the median of all final values; "false*", the
+same against the median of the trials that completed under that rule (the issue's and the
+audit's definition: the bar rises as the rule prunes more of the lower half); whether the best
 trial survived; and the epochs spent as a share of training every trial to the end. With
 --patience P it prints the table again with every curve cut where the study's patience rule
 (P epochs without a better top-1, ties to the lower loss) would have stopped it: the budget a
@@ -351,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         "hyperband": PrunerSpec(kind="hyperband", **base),
         **{
             f"paired top1 a={a:g}": PrunerSpec(kind="paired", metric="top1", alpha=a, **base)
-            for a in (0.05, 0.01, 0.001)
+            for a in (0.2, 0.1, 0.05, 0.01, 0.001)
         },
         **{
             f"paired loss a={a:g}": PrunerSpec(kind="paired", metric="loss", alpha=a, **base)
@@ -373,6 +375,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def false_prunes(
+    finals: list[float], ends: list[int], diverged: list[bool]
+) -> tuple[int, int, float]:
+    """Return the pruned trials (ends > 0) above the median of all finals, those above the
+    median of the completed trials (the audit's bar), and that median.
+
+    A diverged trial is neither: the study records it pruned, the rule never judged it.
+    """
+    pruned = [i for i, e in enumerate(ends) if e > 0]
+    completed = [f for f, e, d in zip(finals, ends, diverged, strict=True) if e < 0 and not d]
+    bar, audit_bar = statistics.median(finals), statistics.median(completed)
+    return (
+        sum(finals[i] > bar for i in pruned),
+        sum(finals[i] > audit_bar for i in pruned),
+        audit_bar,
+    )
+
+
 def print_rules(
     curves: list[Curve],
     rules: dict[str, PrunerSpec],
@@ -389,16 +409,20 @@ def print_rules(
         f"# patience {patience or 'off'}: {full} epochs without pruning; median final val top-1"
         f" {median_final:.3f}, best {finals[best]:.3f} (trial {best})"
     )
-    print(f"{'rule':<32} {'pruned':>6} {'false':>5} {'best kept':>9} {'epochs':>7}  pruned at")
+    print(
+        f"{'rule':<32} {'pruned':>6} {'false':>5} {'false*':>12} {'best kept':>9} {'epochs':>7}"
+        "  pruned at"
+    )
     for name, spec in [*rules.items(), *by_epochs.items()]:
         pruner = make_pruner(spec, True, epochs)
         ends = replay(curves, pruner, classes, by_steps=name not in by_epochs)
         pruned = [i for i, e in enumerate(ends) if e > 0]
-        false = [i for i in pruned if finals[i] > median_final]
+        false, audited, completed = false_prunes(finals, ends, [c.diverged for c in curves])
         spent = sum(abs(e) for e in ends) / full
         at = ",".join(f"{i}@{ends[i]}" for i in pruned)
         kept = "yes" if best not in pruned else "NO"
-        print(f"{name:<32} {len(pruned):>6} {len(false):>5} {kept:>9} {spent:>7.0%}  {at}")
+        star = f"{audited} of {completed:.2f}"
+        print(f"{name:<32} {len(pruned):>6} {false:>5} {star:>12} {kept:>9} {spent:>7.0%}  {at}")
 
 
 def print_bound(curves: list[Curve], startup: int, warmup: int) -> None:

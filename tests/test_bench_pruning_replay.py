@@ -7,7 +7,14 @@ import argparse
 import numpy as np
 import pytest
 
-from bench.pruning_replay import Curve, load_curves, oracle_share, replay, save_curves
+from bench.pruning_replay import (
+    Curve,
+    false_prunes,
+    load_curves,
+    oracle_share,
+    replay,
+    save_curves,
+)
 from search.definition import PrunerSpec
 from search.study import make_pruner
 
@@ -77,3 +84,12 @@ def test_the_oracle_prunes_the_lower_half_at_the_epoch_and_spares_the_upper_half
     share, pruned, false = oracle_share(curves, startup=1, epoch=2, false_rate=0.2)
     assert (pruned, false) == (6, 1)
     assert share == pytest.approx((10 + 6 * 2 + 3 * 10 + 30) / (9 * 10 + 2 * 30))
+
+
+def test_false_prunes_are_counted_against_all_finals_and_against_the_completed_ones():
+    finals = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.9]  # median of all: 0.45
+    # Pruned (positive ends): 0.3, 0.5, 0.6; trial 1 diverged; the rest completed.
+    ends = [-10, -1, 3, -10, 2, 4, -10, -10]
+    diverged = [False, True, False, False, False, False, False, False]
+    # Completed: 0.1, 0.4, 0.7, 0.9 (median 0.55): 0.6 is above it, 0.5 only above 0.45.
+    assert false_prunes(finals, ends, diverged) == (2, 1, pytest.approx(0.55))
