@@ -385,7 +385,9 @@ def false_prunes(
     """
     pruned = [i for i, e in enumerate(ends) if e > 0]
     completed = [f for f, e, d in zip(finals, ends, diverged, strict=True) if e < 0 and not d]
-    bar, audit_bar = statistics.median(finals), statistics.median(completed)
+    # A rule could in principle complete none (every trial diverged or pruned): no bar then.
+    audit_bar = statistics.median(completed) if completed else float("nan")
+    bar = statistics.median(finals)
     return (
         sum(finals[i] > bar for i in pruned),
         sum(finals[i] > audit_bar for i in pruned),
