@@ -224,6 +224,13 @@ def build_audit_parser() -> argparse.ArgumentParser:
         default=None,
         help="epoch budget of a re-run (default: the one the study's trials ran with)",
     )
+    p.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        help="re-runs at once on the CPU, each in a process of its own with cores / N torch "
+        "threads (each still retraces its trial's seeded curve)",
+    )
     _add_study_flags(p)
     return p
 
@@ -439,7 +446,7 @@ def _audit_or_evaluate(command: str, argv: list[str]) -> int:
     if command == "audit":
         from search.audit import audit_study
 
-        record = audit_study(study, settings, args.sample, seed=args.seed)
+        record = audit_study(study, settings, args.sample, seed=args.seed, jobs=args.jobs)
         study.set_user_attr("audit", record)
         (out_dir / "audit.json").write_text(json.dumps(record, indent=1))
         print(_audit_text(record, out_dir / "audit.json"))

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
+import os
 import random
 import statistics
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from models.training import TrainingDiverged
@@ -91,12 +95,61 @@ def rerun(trial: FrozenTrial, settings: TrialSettings) -> dict[str, Any]:
     return record
 
 
+def rerun_all(
+    trials: Sequence[FrozenTrial], settings: TrialSettings, jobs: int
+) -> list[dict[str, Any]]:
+    """Return the re-runs of `trials`, in their order, `jobs` at a time.
+
+    Each parallel re-run gets a process of its own with cores / jobs torch threads: threads
+    would share torch's global generator, so a re-run's dropout would no longer be its seed's
+    and it would not retrace its trial's curve. The processes are forked (the data is shared,
+    not copied), which CUDA does not survive: on a GPU the re-runs go one at a time.
+    """
+    if jobs > 1 and settings.device != "cpu":
+        raise StudyError(
+            f"audit --jobs {jobs} runs its re-runs in CPU processes, and the study's device is "
+            f"{settings.device}; use --jobs 1 there (a GPU is not shared between forks)"
+        )
+    if jobs == 1 or len(trials) < 2:
+        return [_logged_rerun(t, settings) for t in trials]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(
+        max_workers=min(jobs, len(trials)),
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_start_rerun_process,
+        initargs=(settings, threads),
+    ) as pool:
+        return list(pool.map(_rerun_in_process, trials))
+
+
+# A forked re-run process's settings, set once by _start_rerun_process (fork passes them
+# without pickling: the data stays one memory-mapped copy).
+_PROCESS_SETTINGS: TrialSettings | None = None
+
+
+def _start_rerun_process(settings: TrialSettings, threads: int) -> None:
+    global _PROCESS_SETTINGS
+    _PROCESS_SETTINGS = settings
+    torch.set_num_threads(threads)
+
+
+def _rerun_in_process(trial: FrozenTrial) -> dict[str, Any]:
+    assert _PROCESS_SETTINGS is not None, "_start_rerun_process did not run"
+    return _logged_rerun(trial, _PROCESS_SETTINGS)
+
+
+def _logged_rerun(trial: FrozenTrial, settings: TrialSettings) -> dict[str, Any]:
+    logger.info("audit: re-running pruned trial %d", trial.number)
+    return rerun(trial, settings)
+
+
 def audit_study(
-    study: optuna.Study, settings: TrialSettings, sample: int, seed: int = 0
+    study: optuna.Study, settings: TrialSettings, sample: int, seed: int = 0, jobs: int = 1
 ) -> dict[str, Any]:
     """Re-run a sample of the study's pruned trials and compare each with the completed ones.
 
-    The re-runs are not added to the study. Returns the audit record (plain JSON).
+    The re-runs are not added to the study; `jobs` of them run at once (see rerun_all). Returns
+    the audit record (plain JSON).
     """
     started = time.perf_counter()
     trials = study.get_trials(deepcopy=False)
@@ -110,9 +163,7 @@ def audit_study(
     pool = auditable(trials)
     chosen = sample_trials(pool, sample, seed)
     reruns = []
-    for trial in chosen:
-        logger.info("audit: re-running pruned trial %d", trial.number)
-        record = rerun(trial, settings)
+    for record in rerun_all(chosen, settings, jobs):
         value = record["final_value"]
         record["beat_median"] = value is not None and value > median
         record["beat_best"] = value is not None and value > best
@@ -133,5 +184,6 @@ def audit_study(
         "interval95": [low, high],
         "interval_method": "wilson",
         "epochs": sum(r["epochs"] for r in reruns),
+        "jobs": jobs,
         "wall_s": round(time.perf_counter() - started, 3),
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import types
 
 import optuna
 import pytest
@@ -11,7 +12,8 @@ from optuna.trial import TrialState, create_trial
 from study_fixtures import study_args, write_tiny_data
 
 import run_study
-from search.audit import wilson_interval
+from search.audit import rerun_all, wilson_interval
+from search.errors import StudyError
 
 
 @pytest.mark.parametrize(
@@ -115,6 +117,47 @@ def test_audit_of_a_study_without_completed_trials_is_a_user_error(tmp_path, cap
     args = study_args(tmp_path, data)
     assert run_study.main(["audit", *_flags(args)]) == 2
     assert "no completed trial" in capsys.readouterr().err
+
+
+def test_parallel_reruns_retrace_the_same_curves_as_one_at_a_time(tmp_path, one_torch_thread):
+    data = write_tiny_data(tmp_path)
+    args = study_args(tmp_path, data, "--trials", "3", "--no-prune")
+    assert run_study.main(args) == 0
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    sources = sorted(study.trials, key=lambda t: t.value)[:2]  # two configurations, two seeds
+    for source in sources:
+        study.add_trial(
+            create_trial(
+                state=TrialState.PRUNED,
+                params=source.params,
+                distributions=source.distributions,
+                intermediate_values={1: 0.0},
+                user_attrs={
+                    "manifest": source.user_attrs["manifest"],
+                    "prune_reason": {"kind": "paired", "epoch": 1},
+                },
+            )
+        )
+    records = {}
+    for jobs in ("1", "2"):
+        assert run_study.main(["audit", "--jobs", jobs, *_flags(args)]) == 0
+        records[jobs] = optuna.load_study(study_name="tiny", storage=storage).user_attrs["audit"]
+    assert records["2"]["jobs"] == 2 and records["2"]["audited"] == 2
+    pairs = zip(records["1"]["reruns"], records["2"]["reruns"], sources, strict=True)
+    for one, two, source in pairs:
+        # Each forked re-run is its seed's run alone: the same curve as in the parent, and
+        # the same final value as the trial whose params and seed it carries.
+        assert two["trial_number"] == one["trial_number"]
+        assert two["curve"] == one["curve"] and two["epochs"] == one["epochs"]
+        assert two["final_value"] == pytest.approx(source.value, abs=1e-9)
+    assert records["2"]["beat_median"] == records["1"]["beat_median"]
+
+
+def test_parallel_reruns_refuse_a_gpu_study():
+    on_gpu = types.SimpleNamespace(device="cuda")
+    with pytest.raises(StudyError, match="--jobs 1 there"):
+        rerun_all([object(), object()], on_gpu, jobs=2)
 
 
 def _flags(study_flags: list[str]) -> list[str]:
