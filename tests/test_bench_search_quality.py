@@ -15,25 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_quick_search_quality_bench_prints_and_writes_sane_figures_for_every_arm(tmp_path):
-    work = tmp_path / "work"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "search_quality.py"),
-            "--quick",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--work-dir",
-            str(work),
-            "--device",
-            "cpu",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    done, work = _quick_bench(tmp_path)
     figures = json.loads((work / "search_quality.json").read_text())
     arms = {a["arm"]: a for a in figures["arms"]}
     assert set(arms) == {"hand", "default", "median"}
@@ -57,32 +39,20 @@ def test_quick_search_quality_bench_prints_and_writes_sane_figures_for_every_arm
 
 @pytest.mark.slow
 def test_quick_bench_with_two_workers_shares_one_trial_budget_between_two_processes(tmp_path):
-    work = tmp_path / "work"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "search_quality.py"),
-            "--quick",
-            "--arms",
-            "default",
-            "--workers",
-            "2",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--work-dir",
-            str(work),
-            "--device",
-            "cpu",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    _, work = _quick_bench(tmp_path, "--arms", "default", "--workers", "2")
     (arm,) = json.loads((work / "search_quality.json").read_text())["arms"]
     assert arm["trials"] == 4  # 4 in all across the two processes, not 4 each
     logs = [work / "default" / "study.log", work / "default" / "study-1.log"]
     assert all("study 'sq_default'" in log.read_text() for log in logs)  # both processes opened it
     audit = json.loads((work / "default" / "audit.json").read_text())
     assert audit["jobs"] == 2
+
+
+def _quick_bench(tmp_path: Path, *flags: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run bench/search_quality.py --quick on the CPU; return its finished process and work dir."""
+    work = tmp_path / "work"
+    command = [sys.executable, str(REPO / "bench" / "search_quality.py"), "--quick", *flags]
+    where = ["--data-dir", str(tmp_path / "data"), "--work-dir", str(work), "--device", "cpu"]
+    done = subprocess.run([*command, *where], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done, work
