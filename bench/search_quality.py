@@ -14,18 +14,17 @@ split 1: 1414 train, 404 validation, 707 test clips), then runs, each on that sa
   median   the same with a copy of the definition whose pruner.kind is median.
 
 Studies run as `run_study.py` subprocesses (memory is clean for each; wall time includes the
-interpreter start, the final scoring and the report). --workers N runs N study processes per
-arm on its storage, each with cores / N torch threads, and the audit's re-runs N at a time (on
-the CPU): on 2 cores two 1-thread trials train about 1.7x faster than one 2-thread trial, since
-a small recurrent net's steps leave the second thread idle; which params TPE draws then
-depends on timing, though each trial's params and seed still rerun it alone. Per arm it
-prints: best test top-1 after refit, wall time, trials pruned, false-prune rate from the audit
-(Wilson 95% interval), and epochs spent against an estimate of the same study without
-pruning: completed trials as they ran, audited pruned trials at their re-run's epochs, other
-pruned trials at the mean epochs of the audited re-runs (of the completed trials when none was
-audited). A JSON of every figure goes to <work-dir>/search_quality.json. --quick shrinks
-everything (4 classes, 12 frames, 8-d, tiny space, 4 trials) so that it finishes in about a
-minute: a test of the script, not a result.
+interpreter start, the final scoring and the report). --workers N runs N study processes per arm
+on its storage, each with cores / N torch threads, and the audit's re-runs N at a time (on the
+CPU): on 2 cores two 1-thread trials train about 1.7x as fast as one 2-thread trial (measured:
+BENCHMARKS.md). Which params TPE draws then depends on timing, though each trial's params and
+seed rerun it alone. Per arm it prints: best test top-1 after refit, wall time, trials pruned,
+false-prune rate from the audit (Wilson 95% interval), and epochs spent against an estimate of
+the same study without pruning: completed trials as they ran, audited pruned trials at their re-
+run's epochs, other pruned trials at the mean epochs of the audited re-runs (of the completed
+trials when none was audited). A JSON of every figure goes to <work-dir>/search_quality.json.
+--quick shrinks everything (4 classes, 12 frames, 8-d, tiny space, 4 trials) so that it finishes
+in about a minute: a test of the script, not a result.
 """
 
 from __future__ import annotations
@@ -235,7 +234,7 @@ def _epochs(trials: list[optuna.trial.FrozenTrial], audit: dict[str, Any]) -> tu
 
 
 def _run(argv: list[str], log: Path, workers: int = 1) -> None:
-    """Run `run_study.py argv` in `workers` processes at once (logs log.log, log-2.log, ...)."""
+    """Run `run_study.py argv` in `workers` processes at once (logs NAME.log, NAME-1.log, ...)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     if workers > 1:
