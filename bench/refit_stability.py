@@ -56,6 +56,19 @@ CONFIGS = {
         },
         27,
     ),
+    "trial13": (  # the best of the 2-worker run (2026-12-07): val 1.0, refit once to 0.9901
+        {
+            **HAND,
+            "layers": 2,
+            "hidden": 212,
+            "lr": 5.44e-3,
+            "clip_norm": 0.119,
+            "dropout": 0.456,
+            "stride": 1,
+            "batch_size": 64,
+        },
+        15,
+    ),
 }
 
 
