@@ -558,7 +558,7 @@ def _search(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     import torch
     from tqdm import tqdm
 
-    from datasets.device import resolve_device
+    from datasets.device import cpu_threads_each, resolve_device
     from datasets.loading import resident_clips
     from search import console, tracking
     from search.best_checkpoint import BestCheckpoint
@@ -621,7 +621,7 @@ def _search(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         artifact_dir=out_dir / "artifacts",
     )
     if device == "cpu" and args.jobs > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
+        torch.set_num_threads(cpu_threads_each(args.jobs))
     # On a GPU the train and validation clips are copied to the device once, here, and every
     # trial's loaders share this copy; it is held until the final scoring is done.
     held.enter_context(resident_clips(data, ("train", "val"), device))

@@ -22,13 +22,14 @@ import optuna
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from datasets.device import cpu_threads_each  # noqa: E402
 from search.demo_data import ensure_demo_data  # noqa: E402
 
 
 def run_workers(n: int, args: argparse.Namespace, data: str, logs: Path) -> tuple[float, int]:
     """Run n workers on a new study; return (wall seconds, trials in the study)."""
     name = f"bench-scale-{n}-{uuid.uuid4().hex[:8]}"
-    threads = max(1, (os.cpu_count() or 1) // n)
+    threads = cpu_threads_each(n)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "WANDB_MODE": "disabled"}
     cmd = [
         sys.executable,

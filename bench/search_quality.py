@@ -47,6 +47,7 @@ from optuna.trial import TrialState
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
+from datasets.device import cpu_threads_each  # noqa: E402
 from datasets.synthetic import write_synthetic  # noqa: E402
 
 DEFAULT_DEFINITION = REPO / "studies" / "ucf101_rnn.yaml"
@@ -238,7 +239,7 @@ def _run(argv: list[str], log: Path, workers: int = 1) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     if workers > 1:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+        env["OMP_NUM_THREADS"] = str(cpu_threads_each(workers))
     logs = [log.with_name(log.name + (f"-{i}" if i else "") + ".log") for i in range(workers)]
     command = [sys.executable, str(REPO / "run_study.py"), *argv]
     running = []

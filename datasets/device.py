@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from datasets.errors import UserError
@@ -38,3 +40,9 @@ def resolve_device(requested: str | None = "auto") -> str:
                 f"{torch.cuda.device_count()} CUDA GPU(s), numbered from 0"
             )
     return requested
+
+
+def cpu_threads_each(jobs: int) -> int:
+    """Return the torch threads each of `jobs` CPU jobs side by side gets: the cores split evenly,
+    at least one (more would only make the jobs take turns on the same cores)."""
+    return max(1, (os.cpu_count() or 1) // jobs)

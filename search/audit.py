@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
-import os
 import random
 import statistics
 import time
@@ -17,6 +16,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from datasets.device import cpu_threads_each
 from models.training import TrainingDiverged
 from search.errors import StudyError
 from search.objective import TrialSettings, train_alone
@@ -112,12 +112,11 @@ def rerun_all(
         )
     if jobs == 1 or len(trials) < 2:
         return [_logged_rerun(t, settings) for t in trials]
-    threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(
         max_workers=min(jobs, len(trials)),
         mp_context=multiprocessing.get_context("fork"),
         initializer=_start_rerun_process,
-        initargs=(settings, threads),
+        initargs=(settings, cpu_threads_each(jobs)),
     ) as pool:
         return list(pool.map(_rerun_in_process, trials))
 

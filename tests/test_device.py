@@ -1,9 +1,11 @@
 """datasets.device: one resolver of --device for every command."""
 
+import os
+
 import pytest
 import torch
 
-from datasets.device import DeviceError, resolve_device
+from datasets.device import DeviceError, cpu_threads_each, resolve_device
 from datasets.errors import UserError
 from models import train_cli
 
@@ -49,3 +51,11 @@ def test_the_train_command_reports_an_unknown_device_in_one_line(tmp_path, capsy
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: --device 'tpu' is not a device here; use cpu, cuda, cuda:N or auto"
     ]
+
+
+@pytest.mark.parametrize(
+    ("cores", "jobs", "each"), [(2, 1, 2), (2, 2, 1), (2, 3, 1), (16, 4, 4), (None, 2, 1)]
+)
+def test_cpu_threads_each_splits_the_cores_and_never_gives_none(monkeypatch, cores, jobs, each):
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert cpu_threads_each(jobs) == each
