@@ -327,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         help="tiny data, space and budget (about a minute): checks the script only",
     )
     args = p.parse_args(argv)
+    if args.workers < 1:
+        p.error(f"--workers {args.workers}: give at least 1 (study processes per arm)")
     if args.quick and args.trials == 50:
         args.trials = 4
     if args.quick and args.audit_sample == 10:

@@ -56,3 +56,15 @@ def _quick_bench(tmp_path: Path, *flags: str) -> tuple[subprocess.CompletedProce
     done = subprocess.run([*command, *where], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     return done, work
+
+
+def test_bench_refuses_fewer_than_one_worker_before_any_work(tmp_path):
+    bench = [sys.executable, str(REPO / "bench" / "search_quality.py")]
+    done = subprocess.run(
+        [*bench, "--data-dir", str(tmp_path), "--workers", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "--workers 0: give at least 1" in done.stderr
+    assert not any(tmp_path.iterdir())  # no data written
