@@ -2,7 +2,7 @@
 
     python bench/pruning_replay.py [--trials 10] [--epochs 12] [--classes 12] [--clips 30]
                                    [--frames 40] [--dim 32] [--seed 0] [--threads 2]
-                                   [--patience 6] [--curves FILE.npz]
+                                   [--patience 6 [--min-loss-gain 0 0.01]] [--curves FILE.npz]
 
 1. Writes a small synthetic UCF-101 set whose classes differ in the order of their events
    (datasets.synthetic.write_synthetic), splits it as a study does (split 1, 4 val groups).
@@ -21,8 +21,9 @@ same against the median of the trials that completed under that rule (the issue'
 audit's definition: the bar rises as the rule prunes more of the lower half); whether the best
 trial survived; and the epochs spent as a share of training every trial to the end. With
 --patience P it prints the table again with every curve cut where the study's patience rule
-(P epochs without a better top-1, ties to the lower loss) would have stopped it: the budget a
-real study has, so "epochs" is then the share of an unpruned study with the same patience.
+(P epochs without a higher top-1 or, at an equal top-1, a loss lower by --min-loss-gain; one
+table per gain given) would have stopped it: the budget a real study has, so "epochs" is then
+the share of an unpruned study with the same patience.
 Under each table, the bound: what an oracle that knows every final value would spend, pruning
 each trial that ends at or below the median at the warmup epoch (or 2 epochs later), with no
 false prune or with under 10 % of them. Since a false prune is one above the median, the upper
@@ -51,6 +52,7 @@ import torch
 
 from datasets.batches import BatchLoader
 from datasets.synthetic import write_synthetic
+from models.early_stopping import EarlyStopping
 from models.rnn import ModelSpec, build_model
 from models.training import EpochResult, TrainConfig, TrainingDiverged, train
 from search.clip_outcomes import CLASSES_KEY, STEPS_KEY, outcome_attrs
@@ -223,14 +225,12 @@ def load_curves(path: Path, args: argparse.Namespace) -> tuple[list[Curve], int]
     return curves, meta["classes"]
 
 
-def cut_by_patience(curve: Curve, patience: int) -> Curve:
+def cut_by_patience(curve: Curve, patience: int, min_loss_gain: float = 0.0) -> Curve:
     """Return the curve up to the epoch where models.training's patience rule stops it."""
-    best, best_epoch, end = None, 0, len(curve.top1)
-    keys = zip(curve.top1, (-x for x in curve.mean_loss), strict=True)
-    for epoch, key in enumerate(keys, start=1):
-        if best is None or key > best:
-            best, best_epoch = key, epoch
-        if patience and epoch < end and epoch - best_epoch >= patience:
+    stopping, end = EarlyStopping(patience, min_loss_gain), len(curve.top1)
+    for epoch, (top1, loss) in enumerate(zip(curve.top1, curve.mean_loss, strict=True), start=1):
+        stopping.update(epoch, top1, loss)
+        if epoch < end and stopping.should_stop(epoch):
             end = epoch
             break
     return replace(
@@ -321,6 +321,13 @@ def main(argv: list[str] | None = None) -> int:
         "--patience", type=int, default=0, help="also replay with curves cut by this patience"
     )
     p.add_argument(
+        "--min-loss-gain",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="with --patience: the train.min_loss_gain values (nats) to cut the curves with",
+    )
+    p.add_argument(
         "--curves",
         type=Path,
         help="save the trained curves to this .npz, or replay the ones already saved there",
@@ -368,9 +375,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     # The paired rule before steps per epoch were recorded: it pairs trials at equal epochs.
     by_epochs = {"paired top1 a=0.001 epochs": PrunerSpec(kind="paired", alpha=0.001, **base)}
-    for patience in sorted({0, args.patience}):
-        cut = [cut_by_patience(c, patience) for c in curves]
-        print_rules(cut, rules, by_epochs, classes, args.epochs, patience)
+    cuts = [(0, 0.0)] + [(args.patience, g) for g in args.min_loss_gain if args.patience]
+    for patience, gain in cuts:
+        cut = [cut_by_patience(c, patience, gain) for c in curves]
+        print_rules(cut, rules, by_epochs, classes, args.epochs, patience, gain)
+        if patience:
+            print_patience_cost(curves, cut)
         print_bound(cut, args.startup, max(1, args.warmup))
     return 0
 
@@ -402,13 +412,16 @@ def print_rules(
     classes: int,
     epochs: int,
     patience: int,
+    min_loss_gain: float,
 ) -> None:
     """Replay every rule on curves (by_epochs without steps per epoch); print a line a rule."""
     finals = [c.final for c in curves]
     median_final, best = statistics.median(finals), max(range(len(curves)), key=finals.__getitem__)
     full = sum(len(c.top1) for c in curves)
     print(
-        f"# patience {patience or 'off'}: {full} epochs without pruning; median final val top-1"
+        f"# patience {patience or 'off'}"
+        + (f", min loss gain {min_loss_gain:g}" if patience else "")
+        + f": {full} epochs without pruning; median final val top-1"
         f" {median_final:.3f}, best {finals[best]:.3f} (trial {best})"
     )
     print(
@@ -425,6 +438,17 @@ def print_rules(
         kept = "yes" if best not in pruned else "NO"
         star = f"{audited} of {completed:.2f}"
         print(f"{name:<32} {len(pruned):>6} {false:>5} {star:>12} {kept:>9} {spent:>7.0%}  {at}")
+
+
+def print_patience_cost(full: list[Curve], cut: list[Curve]) -> None:
+    """Print what the patience cut itself cost: trials whose best top-1 came after their stop."""
+    lost = [(f.final - c.final, i) for i, (f, c) in enumerate(zip(full, cut, strict=True))]
+    lost = sorted((gap, i) for gap, i in lost if gap > 0)
+    worst = f", at most {lost[-1][0]:.3f} (trial {lost[-1][1]})" if lost else ""
+    print(
+        f"# patience stopped {len(lost)} of {len(full)} trials below their full curve's best"
+        f"{worst}; {sum(len(c.top1) for c in cut)} of {sum(len(f.top1) for f in full)} epochs"
+    )
 
 
 def print_bound(curves: list[Curve], startup: int, warmup: int) -> None:

@@ -2,9 +2,10 @@
 
 One call to `train` is one trial's training run. It keeps the best epoch's weights (by
 validation top-1, ties to the lower validation loss), stops early after `patience` epochs
-without such an improvement, reports each epoch and every `log_every` steps through
-callbacks, and stops with TrainingDiverged the moment a loss or gradient norm is not
-finite, never stepping the optimizer on such gradients. Validation is scored in fp32.
+without a gain (a higher top-1, or a loss `min_loss_gain` lower: models.early_stopping),
+reports each epoch and every `log_every` steps through callbacks, and stops with
+TrainingDiverged the moment a loss or gradient norm is not finite, never stepping the
+optimizer on such gradients. Validation is scored in fp32.
 
 Divergence checks without a GPU sync per step: each step's loss, gradient norm and hit
 count stay on the device and are read back together every `log_every` steps and at the end
@@ -34,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.early_stopping import EarlyStopping
 from models.evaluate import evaluate
 from models.rnn import frame_cross_entropy, masked_mean
 from models.seeding import reseed
@@ -52,7 +54,8 @@ class TrainConfig:
     clip_norm: float = 1.0  # max global gradient norm; <= 0 measures the norm but never clips
     weight_decay: float = 0.0  # decoupled (AdamW), on weight matrices only, not biases
     epochs: int = 10  # the most epochs a run trains (fewer when patience stops it)
-    patience: int = 0  # epochs without better validation (top-1, then loss) before a stop; 0 off
+    patience: int = 0  # epochs without a validation gain before a stop; 0 off
+    min_loss_gain: float = 0.0  # nats the val loss must fall, at an equal top-1, to be a gain
     seed: int = 0  # seeds dropout; seed model initialisation yourself before build_model
     device: str = "cpu"
     amp: bool = True  # bf16 autocast, on CUDA only
@@ -67,8 +70,11 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
-        if self.patience < 0:
-            raise ValueError(f"TrainConfig.patience must be >= 0, got {self.patience}")
+        if self.patience < 0 or not self.min_loss_gain >= 0:
+            raise ValueError(
+                f"TrainConfig.patience and min_loss_gain must be >= 0, got {self.patience}, "
+                f"{self.min_loss_gain}"
+            )
         if self.epochs < 1 or self.log_every < 1:
             raise ValueError(
                 f"TrainConfig.epochs and log_every must be >= 1, got {self.epochs}, "
@@ -298,6 +304,7 @@ def train(
 
     history: list[EpochResult] = []
     best: EpochResult | None = None
+    stopping = EarlyStopping(config.patience, config.min_loss_gain)
     best_state: dict = {}
     step = 0
     stopped_early = False
@@ -392,28 +399,19 @@ def train(
                 result.max_grad_norm,
             )
             # without validation every epoch is the newest best: the last one is the result
-            if (
-                val_loader is None
-                or best is None
-                or (result.val_top1, -result.val_loss) > (best.val_top1, -best.val_loss)
-            ):
+            if val_loader is None or stopping.update(epoch, result.val_top1, result.val_loss):
                 best = result
                 best_state = {
                     k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
                 }
             if on_epoch is not None:
                 on_epoch(result)  # may raise (optuna.TrialPruned): it propagates
-            if (
-                val_loader is not None
-                and config.patience
-                and epoch < config.epochs
-                and epoch - best.epoch >= config.patience
-            ):
+            if val_loader is not None and epoch < config.epochs and stopping.should_stop(epoch):
                 stopped_early = True
                 logger.info(
-                    "stopping after epoch %d: no better validation since epoch %d (patience %d)",
+                    "stopping after epoch %d: no validation gain since epoch %d (patience %d)",
                     epoch,
-                    best.epoch,
+                    stopping.gain_epoch,
                     config.patience,
                 )
                 break

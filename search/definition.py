@@ -66,7 +66,9 @@ class DataSpec:
 @dataclass(frozen=True)
 class TrainSpec:
     max_epochs: int = 40  # the most epochs a trial trains (YAML also takes `epochs`)
-    patience: int = 6  # epochs without better val top-1 (ties: lower loss) before a stop; 0 off
+    patience: int = 6  # epochs without a validation gain before a stop; 0 off
+    # a gain: a higher val top-1, or at an equal top-1 a val loss lower by this many nats
+    min_loss_gain: float = 0.01
     frame_level: bool = False
     explode_grad_norm: float = 1.0e4
     explode_loss: float = 100.0
@@ -267,6 +269,10 @@ def _check_sections(d: StudyDefinition, where: str) -> None:
         (1 <= d.data.val_groups <= 10, "data.val_groups must be between 1 and 10"),
         (d.train.max_epochs >= 1, "train.max_epochs (train.epochs in older files) must be >= 1"),
         (d.train.patience >= 0, "train.patience must be >= 0 (0 turns early stopping off)"),
+        (
+            d.train.min_loss_gain >= 0,
+            "train.min_loss_gain must be >= 0 (nats; 0 counts any lower loss as a gain)",
+        ),
         (d.train.explode_grad_norm > 0, "train.explode_grad_norm must be above 0"),
         (d.train.explode_loss > 0, "train.explode_loss must be above 0"),
         (d.pruner.kind in PRUNER_KINDS, f"pruner.kind must be one of {', '.join(PRUNER_KINDS)}"),

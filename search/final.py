@@ -121,6 +121,7 @@ def score_baseline(study: optuna.Study, settings: TrialSettings) -> dict[str, An
         clip_norm=10.0,
         epochs=settings.epochs,
         patience=settings.definition.train.patience,
+        min_loss_gain=settings.definition.train.min_loss_gain,
         seed=settings.seed,
         device=settings.device,
     )

@@ -9,8 +9,10 @@ import pytest
 
 from bench.pruning_replay import (
     Curve,
+    cut_by_patience,
     false_prunes,
     load_curves,
+    main,
     oracle_share,
     replay,
     save_curves,
@@ -93,3 +95,24 @@ def test_false_prunes_are_counted_against_all_finals_and_against_the_completed_o
     diverged = [False, True, False, False, False, False, False, False]
     # Completed: 0.1, 0.4, 0.7, 0.9 (median 0.55): 0.6 is above it, 0.5 only above 0.45.
     assert false_prunes(finals, ends, diverged) == (2, 1, pytest.approx(0.55))
+
+
+def test_each_loss_gain_gets_its_own_patience_table_and_the_cost_of_its_cut(tmp_path, capsys):
+    path = tmp_path / "c.npz"
+    save_curves(path, _curves(), 5, argparse.Namespace(**ARGS))
+    flags = [f"--{k}={v}" for k, v in ARGS.items()]
+    main([*flags, "--patience=1", "--min-loss-gain", "0", "100", "--curves", str(path)])
+    out = capsys.readouterr().out
+    assert "# patience off: 12 epochs" in out
+    tables = [line for line in out.splitlines() if line.startswith("# patience 1, min loss gain")]
+    assert [t.split(":")[0] for t in tables] == [
+        "# patience 1, min loss gain 0",
+        "# patience 1, min loss gain 100",
+    ]
+    # A 100-nat margin leaves top-1 alone: each curve stops 1 epoch after its first
+    # epoch without a new high, so none runs all 4 epochs.
+    cut = [cut_by_patience(c, 1, 100.0) for c in _curves()]
+    assert all(len(c.top1) < 4 for c in cut[:3])
+    costs = [line for line in out.splitlines() if line.startswith("# patience stopped")]
+    assert len(costs) == 2
+    assert costs[1].endswith(f"{sum(len(c.top1) for c in cut)} of 12 epochs")

@@ -60,6 +60,7 @@ def test_older_train_epochs_key_reads_as_max_epochs():
         (lambda r: _old_epochs(r, "ten"), "train.max_epochs must be int"),
         (lambda r: r["train"].update(epochs=5), "max_epochs or its older name epochs, not both"),
         (lambda r: r["train"].update(patience=-1), "train.patience must be >= 0"),
+        (lambda r: r["train"].update(min_loss_gain=-0.01), "train.min_loss_gain must be >= 0"),
         (lambda r: r["pruner"].update(kind="asha"), "pruner.kind must be one of paired, median"),
         (lambda r: r["pruner"].update(metric="top5"), "pruner.metric must be top1 or loss"),
         (lambda r: r["pruner"].update(reference="mean"), "pruner.reference must be median or"),

@@ -210,6 +210,30 @@ def test_patience_stops_a_plateaued_run_at_the_epoch_the_rule_names():
     assert len(cut_by_patience(curve, 0).top1) == 12
 
 
+def test_a_loss_gain_margin_stops_where_top1_alone_last_rose():
+    # A margin no loss can meet (100 nats) leaves top-1 as the only gain: the run stops 2
+    # epochs after its last new top-1 high, while its checkpoint still takes ties' lower loss.
+    data, val = tiny_set(seed=0), tiny_set(seed=0, noise=3.0, shuffle=False)
+    full = train(make_model(cell="gru", layers=1), data, val, TrainConfig(lr=1e-2, epochs=12))
+    highs = [
+        r.epoch
+        for r in full.epochs
+        if r.val_top1 > max((e.val_top1 for e in full.epochs[: r.epoch - 1]), default=-1.0)
+    ]
+    stop = next(
+        (r.epoch for r in full.epochs if r.epoch - max(h for h in highs if h <= r.epoch) >= 2),
+        12,
+    )
+    assert stop < expected_stop(full.epochs, patience=2)  # the margin changes the answer here
+    config = TrainConfig(lr=1e-2, epochs=12, patience=2, min_loss_gain=100.0)
+    result = train(make_model(cell="gru", layers=1), data, val, config)
+    assert result.epochs_run == stop and result.stopped_early
+    kept = max(full.epochs[:stop], key=lambda r: (r.val_top1, -r.val_loss))
+    assert result.best_epoch == kept.epoch
+    curve = Curve({}, [r.val_top1 for r in full.epochs], [], [], [r.val_loss for r in full.epochs])
+    assert len(cut_by_patience(curve, 2, min_loss_gain=100.0).top1) == stop
+
+
 def test_epoch_results_carry_per_clip_validation_outcomes_in_loader_order():
     data, val = tiny_set(seed=0), tiny_set(seed=0, noise=3.0, shuffle=False)
     seen: list[EpochResult] = []
