@@ -69,6 +69,19 @@ CONFIGS = {
         },
         15,
     ),
+    "trial15": (  # the best of the 35-trial run with the patience margin (2026-12-07): val 1.0
+        {
+            **HAND,
+            "layers": 1,
+            "hidden": 390,
+            "lr": 1.327e-3,
+            "clip_norm": 1.596,
+            "dropout": 0.371,
+            "stride": 2,
+            "batch_size": 16,
+        },
+        18,
+    ),
 }
 
 
