@@ -6,7 +6,7 @@ clips, the more confident one is the better checkpoint. The patience clock is st
 restarts on a higher top-1, or on a loss at least `min_loss_gain` below the loss where it last
 restarted. Without that margin a validation set that is all right (or all wrong, a trial
 stuck at chance) keeps restarting it, because its loss keeps creeping down while nothing
-the study scores can change: a saturated trial trained 28 epochs past its last gain
+the study scores can change: a trial at 404 of 404 from epoch 12 trained to epoch 40
 (BENCHMARKS.md, search quality). The margin is cumulative, as Keras's `min_delta` is: a loss
 that falls slowly but steadily still restarts the clock once it has fallen by the margin, so
 a trial whose loss moves before its top-1 does (a slow starter) keeps training.
