@@ -199,9 +199,8 @@ class PairedPruner(optuna.pruners.BasePruner):
         peers = []
         for t in completed:
             matched = matched_epoch(trial, t, epoch, self.slack)
-            at = matched
-            if self.hold_stopped and t.last_step is not None:
-                at = min(at, t.last_step)
+            held = self.hold_stopped and t.last_step is not None
+            at = min(matched, t.last_step) if held else matched
             if at < 1:
                 continue
             theirs = _outcome(t, at, self.metric)
