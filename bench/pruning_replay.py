@@ -13,8 +13,7 @@
    sequential study would (a pruned trial is not a reference for later ones): median,
    paired on top-1 and on loss at a few alphas (trials paired at equal optimizer steps, and
    once at equal epochs, the rule before steps were kept), paired with a few slacks (the
-   reference read at 1/slack of the steps), paired with trials stopped by patience held at
-   their last epoch as references ("held", pruner.hold_stopped), successive halving, Hyperband.
+   reference read at 1/slack of the steps), successive halving, Hyperband.
 
 For each rule it prints: trials pruned; false prunes, a pruned trial whose final value (its best
 validation top-1 over the full budget) beats the median of all final values; "false*", the
@@ -372,12 +371,6 @@ def main(argv: list[str] | None = None) -> int:
                 kind="paired", metric="top1", alpha=a, slack=k, **base
             )
             for a, k in ((0.001, 1.5), (0.001, 2), (0.001, 3), (0.01, 2))
-        },
-        **{
-            f"paired {m} a={a:g} held": PrunerSpec(
-                kind="paired", metric=m, alpha=a, hold_stopped=True, **base
-            )
-            for m, a in (("top1", 0.001), ("loss", 0.05))
         },
     }
     # The paired rule before steps per epoch were recorded: it pairs trials at equal epochs.

@@ -1,16 +1,12 @@
 """The noise-aware pruner: a trial is pruned only when it is significantly worse, clip by clip.
 
-At epoch e (from warmup_epochs on, once startup_trials trials have completed) the reference is
-the completed trial whose value is the median of those recorded (or the best), each completed
-trial read at the latest of its epochs that has had no more optimizer steps and no more epochs
-than this trial: a batch-64 trial at epoch 8 has taken the steps a batch-16 trial takes in 2
-epochs, and judged at equal epochs it trails only because it has updated 4x less (the late
-climber the search-quality audit found). A completed trial that patience stopped before that
-epoch is no reference there, so at late epochs the median is one of the completed trials that
-trained that long; with hold_stopped it is read at its last epoch instead (it stopped because
-it had stopped improving), and the median is one of all the completed trials (measured both
-ways: BENCHMARKS.md, "Holding stopped trials"). With slack k > 1 the reference is read at 1/k
-of that epoch instead (rounded down): a trial is then pruned only when it is significantly
+At epoch e (from warmup_epochs on, once startup_trials trials have completed) the reference
+is the completed trial whose value is the median of those recorded (or the best), each
+completed trial read at the latest of its epochs that has had no more optimizer steps and no
+more epochs than this trial: a batch-64 trial at epoch 8 has taken the steps a batch-16 trial
+takes in 2 epochs, and judged at equal epochs it trails only because it has updated 4x less
+(the late climber the search-quality audit found). With slack k > 1 the reference is read at
+1/k of that epoch instead (rounded down): a trial is then pruned only when it is significantly
 behind where the reference stood with k times fewer steps, so a slow starter that learns at
 half the pace (k = 2) survives the first epochs, while a trial stuck at chance does not. This
 trial is tested against the reference on the same validation clips, one-sided:
@@ -71,15 +67,12 @@ class Verdict:
     z: float | None = None  # Wilcoxon's statistic (loss only)
     reference_chance_p: float = 1.0  # reference's top-1 against chance
     slack: float = 1.0  # the reference was read at 1/slack of this trial's steps
-    reference_stopped: bool = False  # it stopped before the epoch matched: read at its last
 
     def reason(self) -> dict[str, Any]:
         """Return the prune reason as stored in the trial's `prune_reason` user attr."""
         unit = "points" if self.metric == "top1" else "loss"
         stat = f"b={self.b} c={self.c}" if self.metric == "top1" else f"z={self.z:.2f}"
-        if self.reference_stopped:
-            at = f" at its last epoch {self.reference_epoch} (it stopped there)"
-        elif self.slack > 1:
+        if self.slack > 1:
             at = f" at its epoch {self.reference_epoch} (at most 1/{self.slack:g} of the steps)"
         elif self.reference_epoch != self.epoch:
             at = f" at its epoch {self.reference_epoch} (no more optimizer steps)"
@@ -107,7 +100,6 @@ class Verdict:
             "clips": self.clips,
             "reference_chance_p": self.reference_chance_p,
             "slack": self.slack,
-            "reference_stopped": self.reference_stopped,
             "text": text,
         }
         if self.metric == "top1":
@@ -154,7 +146,6 @@ class PairedPruner(optuna.pruners.BasePruner):
         slack: float = 1.0,
         startup_trials: int = 5,
         warmup_epochs: int = 2,
-        hold_stopped: bool = False,
     ) -> None:
         if metric not in METRICS or reference not in REFERENCES or not 0 < alpha < 1:
             raise ValueError(
@@ -165,7 +156,6 @@ class PairedPruner(optuna.pruners.BasePruner):
             raise ValueError(f"PairedPruner: slack {slack!r} must be at least 1 (1: no slack)")
         self.metric, self.reference, self.alpha, self.slack = metric, reference, alpha, slack
         self.startup_trials, self.warmup_epochs = startup_trials, warmup_epochs
-        self.hold_stopped = hold_stopped
         self._verdicts: dict[int, Verdict] = {}  # by trial number: the reason for the objective
         self._lock = threading.Lock()  # --jobs N trials share one pruner
 
@@ -198,21 +188,19 @@ class PairedPruner(optuna.pruners.BasePruner):
             return None
         peers = []
         for t in completed:
-            matched = matched_epoch(trial, t, epoch, self.slack)
-            held = self.hold_stopped and t.last_step is not None
-            at = min(matched, t.last_step) if held else matched
+            at = matched_epoch(trial, t, epoch, self.slack)
             if at < 1:
                 continue
             theirs = _outcome(t, at, self.metric)
             correct = theirs if self.metric == "top1" else read_correct(t.user_attrs, at)
             if theirs is not None and correct is not None and len(theirs) == len(mine):
-                peers.append((t, at, at < matched, theirs, correct))
+                peers.append((t, at, theirs, correct))
         if not peers:
             return None
         # Higher is better for top-1, lower for loss; ties go to the lower trial number.
         sign = 1.0 if self.metric == "top1" else -1.0
-        peers.sort(key=lambda p: (sign * _score(p[3]), -p[0].number))
-        ref, ref_epoch, ref_stopped, theirs, ref_correct = (
+        peers.sort(key=lambda p: (sign * _score(p[2]), -p[0].number))
+        ref, ref_epoch, theirs, ref_correct = (
             peers[-1] if self.reference == "best" else peers[(len(peers) - 1) // 2]
         )
         # Above chance: the reference's right answers against guessing one of the classes.
@@ -244,6 +232,5 @@ class PairedPruner(optuna.pruners.BasePruner):
             clips=len(mine),
             reference_chance_p=chance_p,
             slack=self.slack,
-            reference_stopped=ref_stopped,
             **extra,
         )

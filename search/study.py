@@ -31,7 +31,6 @@ def make_pruner(
             reference=spec.reference,
             alpha=spec.alpha,
             slack=spec.slack,
-            hold_stopped=spec.hold_stopped,
             startup_trials=spec.startup_trials,
             warmup_epochs=spec.warmup_epochs,
         )

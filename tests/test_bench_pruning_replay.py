@@ -104,8 +104,6 @@ def test_each_loss_gain_gets_its_own_patience_table_and_the_cost_of_its_cut(tmp_
     main([*flags, "--patience=1", "--min-loss-gain", "0", "100", "--curves", str(path)])
     out = capsys.readouterr().out
     assert "# patience off: 12 epochs" in out
-    # Every table has the rows of the pruner.hold_stopped alternative: off, then two gains.
-    assert out.count("paired top1 a=0.001 held") == 3
     tables = [line for line in out.splitlines() if line.startswith("# patience 1, min loss gain")]
     assert [t.split(":")[0] for t in tables] == [
         "# patience 1, min loss gain 0",

@@ -68,21 +68,3 @@ def test_bench_refuses_fewer_than_one_worker_before_any_work(tmp_path):
     )
     assert done.returncode == 2 and "--workers 0: give at least 1" in done.stderr
     assert not any(tmp_path.iterdir())  # no data written
-
-
-def test_each_arm_writes_the_default_definition_changed_only_as_the_arm_says(tmp_path):
-    sys.path.insert(0, str(REPO / "bench"))
-    from search_quality import definition_for
-
-    from search.definition import load_definition
-
-    arms = {
-        arm: load_definition(definition_for(arm, False, tmp_path))
-        for arm in ("default", "median", "held")
-    }
-    default = arms["default"]
-    assert default.pruner.kind == "paired" and not default.pruner.hold_stopped
-    assert arms["median"].pruner.kind == "median"
-    held = arms["held"]
-    assert held.pruner.hold_stopped and held.pruner.kind == "paired"
-    assert (held.space, held.train) == (default.space, default.train)

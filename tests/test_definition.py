@@ -67,7 +67,6 @@ def test_older_train_epochs_key_reads_as_max_epochs():
         (lambda r: r["pruner"].update(alpha=0), "pruner.alpha must be between 0 and 1"),
         (lambda r: r["pruner"].update(alpha=1.5), "pruner.alpha must be between 0 and 1"),
         (lambda r: r["pruner"].update(slack=0.5), "pruner.slack must be at least 1"),
-        (lambda r: r["pruner"].update(hold_stopped="yes"), "pruner.hold_stopped must be bool"),
         (lambda r: r["pruner"].update(min_resource=0), "pruner.min_resource must be at least 1"),
         (lambda r: r["pruner"].update(reduction_factor=1), "reduction_factor must be at least 2"),
         (lambda r: r["data"].update(split=4), "data.split must be 1, 2 or 3"),

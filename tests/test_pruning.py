@@ -304,60 +304,6 @@ def test_slack_leaves_no_reference_before_its_first_epoch_and_rejects_below_one(
     assert make_pruner(PrunerSpec(kind="paired", slack=2.5), True).slack == 2.5
 
 
-def _stopped_and_running_study(pruner: PairedPruner) -> optuna.Study:
-    """Three trials stopped by patience at epoch 2 with 180 of 200 right, two ran to epoch 8
-    at 60: the median completed trial is a stopped one, but only the slow two reach epoch 8."""
-    study = optuna.create_study(direction="maximize", pruner=pruner)
-    for i, (last, right) in enumerate([(2, 180), (2, 180), (2, 180), (8, 60), (8, 60)]):
-        attrs: dict = {CLASSES_KEY: CLASSES, STEPS_KEY: 100}
-        for epoch in range(1, last + 1):
-            attrs.update(outcome_attrs(epoch, _hits(right, 3 * i), np.zeros(CLIPS, "f4")))
-        study.add_trial(
-            create_trial(
-                state=TrialState.COMPLETE,
-                value=right / CLIPS,
-                intermediate_values={e: right / CLIPS for e in range(1, last + 1)},
-                user_attrs=attrs,
-            )
-        )
-    return study
-
-
-def _at_epoch(study: optuna.Study, epoch: int, right: int, steps_per_epoch: int = 100):
-    trial = study.ask()
-    trial.set_user_attr(STEPS_KEY, steps_per_epoch)
-    trial.set_user_attr(CLASSES_KEY, CLASSES)
-    for key, value in outcome_attrs(epoch, _hits(right, 6), np.zeros(CLIPS, "f4")).items():
-        trial.set_user_attr(key, value)
-    trial.report(right / CLIPS, epoch)
-    return trial
-
-
-def test_hold_stopped_keeps_a_trial_stopped_by_patience_a_reference_at_its_last_epoch():
-    # At epoch 8 a trial with 70 right leads the two slow trials that trained that long; the
-    # median of all five completed trials is a stopped one at 180, which it trails far.
-    pruner = make_pruner(PrunerSpec(startup_trials=3, warmup_epochs=1, hold_stopped=True), True)
-    slow = _at_epoch(_stopped_and_running_study(pruner), epoch=8, right=70)
-    assert slow.should_prune()
-    reason = explain_prune(slow, 8, 0.35)
-    assert (reason["reference_epoch"], reason["reference_value"]) == (2, 0.9)
-    assert reason["reference_stopped"] is True
-    assert "at its last epoch 2 (it stopped there)" in reason["text"]
-    # By default only the trials that trained that long are references: the median of the
-    # two slow ones, which it does not trail.
-    survivors = _pruner()
-    kept = _at_epoch(_stopped_and_running_study(survivors), epoch=8, right=70)
-    assert not kept.should_prune()
-    assert survivors.last_verdict(kept.number).reference_value == 0.3
-    # Held, the stopped trials are still read no later than the steps allow: a trial at a
-    # quarter of their steps is judged at their epoch 1 at 4 epochs, not at their last.
-    held = _pruner(hold_stopped=True)
-    early = _at_epoch(_stopped_and_running_study(held), epoch=4, right=70, steps_per_epoch=25)
-    assert early.should_prune()
-    verdict = early.study.pruner.last_verdict(early.number)
-    assert verdict.reference_epoch == 1 and not verdict.reference_stopped
-
-
 @pytest.mark.parametrize(
     ("kind", "expected"),
     [
