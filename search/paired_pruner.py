@@ -5,7 +5,9 @@ is the completed trial whose value is the median of those recorded (or the best)
 completed trial read at the latest of its epochs that has had no more optimizer steps and no
 more epochs than this trial: a batch-64 trial at epoch 8 has taken the steps a batch-16 trial
 takes in 2 epochs, and judged at equal epochs it trails only because it has updated 4x less
-(the late climber the search-quality audit found). With slack k > 1 the reference is read at
+(the late climber the search-quality audit found). A completed trial that patience stopped
+before that epoch is no reference there (holding it at its last epoch was measured and pruned
+no better: BENCHMARKS.md, "Holding stopped trials"). With slack k > 1 the reference is read at
 1/k of that epoch instead (rounded down): a trial is then pruned only when it is significantly
 behind where the reference stood with k times fewer steps, so a slow starter that learns at
 half the pace (k = 2) survives the first epochs, while a trial stuck at chance does not. This
