@@ -245,17 +245,25 @@ def cut_by_patience(curve: Curve, patience: int, min_loss_gain: float = 0.0) -> 
 def oracle_share(
     curves: list[Curve], startup: int, epoch: int, false_rate: float = 0.0
 ) -> tuple[float, int, int]:
+    """Return the least share of epochs any rule can spend on curves (see oracle_bound)."""
+    return oracle_bound(
+        [c.final for c in curves], [len(c.top1) for c in curves], startup, epoch, false_rate
+    )
+
+
+def oracle_bound(
+    finals: list[float], lengths: list[float], startup: int, epoch: int, false_rate: float = 0.0
+) -> tuple[float, int, int]:
     """Return the least share of epochs any rule can spend, and its prunes and false prunes.
 
-    The oracle knows every final value: after the `startup` trials (which complete, as under
-    every rule), it prunes at `epoch` each trial that finishes at or below the median, plus
-    the longest-running trials above it while false prunes stay under `false_rate` of the
-    prunes (0: none). No rule that must wait for evidence can spend less.
+    The oracle knows every final value (trials in study order, each training lengths[i] epochs
+    unpruned): after the `startup` trials (which complete, as under every rule), it prunes at
+    `epoch` each trial that finishes at or below the median, plus the longest-running trials
+    above it while false prunes stay under `false_rate` of the prunes (0: none). No rule that
+    must wait for evidence can spend less.
     """
-    finals = [c.final for c in curves]
     median = statistics.median(finals)
-    lengths = [len(c.top1) for c in curves]
-    later = range(startup, len(curves))
+    later = range(startup, len(finals))
     true = [i for i in later if finals[i] <= median]
     above = sorted((i for i in later if finals[i] > median), key=lambda i: -lengths[i])
     false = 0
