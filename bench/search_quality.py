@@ -2,6 +2,7 @@
 
     python bench/search_quality.py --data-dir /tmp/sq-data [--trials 50] [--audit-sample 10]
         [--arms hand default median] [--workers 1] [--device auto] [--work-dir DIR] [--quick]
+        [--set SECTION.KEY=VALUE ...]
 
 Generates, once, into --data-dir a UCF-101-shaped set (101 classes, one clip per class in each
 of the 25 groups, up to 250 frames, 256-d, classes that differ only in the order of their events;
@@ -12,6 +13,9 @@ split 1: 1414 train, 404 validation, 707 test clips), then runs, each on that sa
   default  `run_study.py --trials N` with studies/ucf101_rnn.yaml, its refit test score
            (final.json) and `run_study.py audit --sample K`;
   median   the same with a copy of the definition whose pruner.kind is median.
+
+--set pruner.startup_trials=2 (repeatable) changes both study arms' definition: a setting
+measured on the benchmark before it becomes the default.
 
 Studies run as `run_study.py` subprocesses (memory is clean for each; wall time includes the
 interpreter start, the final scoring and the report). --workers N runs N study processes per arm
@@ -93,8 +97,9 @@ def ensure_data(data_dir: Path, quick: bool) -> str:
     return pattern
 
 
-def definition_for(arm: str, quick: bool, work: Path) -> Path:
-    """Write the arm's study definition (the default one, changed as the arm needs); return it."""
+def definition_for(arm: str, quick: bool, work: Path, overrides: tuple[str, ...] = ()) -> Path:
+    """Write the arm's study definition (the default one, changed as the arm needs and by
+    each "section.key=value" of overrides); return it."""
     raw = yaml.safe_load(DEFAULT_DEFINITION.read_text())
     raw["name"] = f"sq_{arm}"
     raw["data"]["cache_dir"] = str(work / "cache")
@@ -111,6 +116,12 @@ def definition_for(arm: str, quick: bool, work: Path) -> Path:
         if "warmup_epochs" in raw["pruner"]:
             raw["pruner"]["warmup_epochs"] = 1
         raw["sampler"]["startup_trials"] = 2
+    for override in overrides:
+        key, _, value = override.partition("=")
+        section, _, name = key.partition(".")
+        if section not in raw or not isinstance(raw[section], dict) or name not in raw[section]:
+            raise SystemExit(f"--set {override}: {key} is not a key of {DEFAULT_DEFINITION.name}")
+        raw[section][name] = yaml.safe_load(value)
     path = work / f"{arm}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -163,7 +174,7 @@ def study_arm(arm: str, pattern: str, args: argparse.Namespace, work: Path) -> d
     storage = f"sqlite:///{work / f'{arm}.db'}"
     common = [
         "--study",
-        str(definition_for(arm, args.quick, work)),
+        str(definition_for(arm, args.quick, work, tuple(args.set))),
         "--study-name",
         f"sq_{arm}",
         "--storage",
@@ -322,6 +333,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="change the study arms' definition, e.g. pruner.startup_trials=2 (repeatable)",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="tiny data, space and budget (about a minute): checks the script only",
@@ -358,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                 "trials": args.trials,
                 "audit_sample": args.audit_sample,
                 "workers": args.workers,
+                "set": args.set,
                 "arms": results,
             },
             indent=1,

@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+
+from bench.search_quality import definition_for
+from search.definition import load_definition
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -68,3 +72,15 @@ def test_bench_refuses_fewer_than_one_worker_before_any_work(tmp_path):
     )
     assert done.returncode == 2 and "--workers 0: give at least 1" in done.stderr
     assert not any(tmp_path.iterdir())  # no data written
+
+
+def test_set_changes_the_study_arms_definition_and_refuses_unknown_keys(tmp_path):
+    path = definition_for(
+        "default", False, tmp_path, ("pruner.startup_trials=2", "pruner.alpha=0.01")
+    )
+
+    pruner = yaml.safe_load(path.read_text())["pruner"]
+    assert (pruner["startup_trials"], pruner["alpha"], pruner["kind"]) == (2, 0.01, "paired")
+    assert load_definition(path).pruner.startup_trials == 2
+    with pytest.raises(SystemExit, match=r"pruner\.patience is not a key"):
+        definition_for("default", False, tmp_path, ("pruner.patience=3",))
