@@ -3,6 +3,7 @@
     python bench/rejudge.py --storage sqlite:///sq/default.db --study-name sq_default
                             [--audit sq/default/audit.json] [--startup 5] [--warmup 2]
                             [--rules alpha=0.001 alpha=0.01 metric=loss,alpha=0.05 ...]
+                            (keys: alpha, metric, reference, slack, best_so_far)
 
 The replay (bench/pruning_replay.py) trains random configurations on a small set; this reads
 the trials a real study trained (TPE's, on the real data, with the per-clip validation outcomes
@@ -53,6 +54,7 @@ DEFAULT_RULES = (
     "metric=loss,alpha=0.05",
 )
 FLOATS = ("alpha", "slack")
+KEYS = ("alpha", "metric", "reference", "slack", "best_so_far")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class _AtEpoch:
     number: int
     user_attrs: dict[str, Any]
     last_step: int
+    intermediate_values: dict[int, float]
 
 
 class _Completed:
@@ -85,15 +88,16 @@ class Outcome:
 
 
 def parse_rule(text: str) -> dict[str, Any]:
-    """Return PairedPruner keywords from "key=value,key=value" (alpha, metric, reference, slack)."""
+    """Return PairedPruner keywords from "key=value,key=value" (the keys in KEYS)."""
     settings: dict[str, Any] = {}
     for part in filter(None, text.split(",")):
         key, sep, value = part.partition("=")
-        if not sep or key not in ("alpha", "metric", "reference", "slack"):
-            raise SystemExit(
-                f"rule {text!r}: expected key=value with alpha, metric, reference, slack"
-            )
-        settings[key] = float(value) if key in FLOATS else value
+        if not sep or key not in KEYS:
+            raise SystemExit(f"rule {text!r}: expected key=value with one of {', '.join(KEYS)}")
+        if key == "best_so_far":
+            settings[key] = value.lower() in ("1", "true", "yes")
+        else:
+            settings[key] = float(value) if key in FLOATS else value
     return settings
 
 
@@ -133,7 +137,9 @@ def rejudge(trials: list[FrozenTrial], pruner: PairedPruner, rule: str) -> Outco
         last = max(trial.intermediate_values)
         if trial.state == TrialState.COMPLETE and epoch == last:
             continue  # a trial's last epoch is not judged: it ends there anyway
-        if pruner.prune(study, _AtEpoch(number, trial.user_attrs, epoch)):  # type: ignore[arg-type]
+        if pruner.prune(
+            study, _AtEpoch(number, trial.user_attrs, epoch, trial.intermediate_values)
+        ):  # type: ignore[arg-type]
             outcome.pruned[number] = epoch
         elif trial.state == TrialState.PRUNED and epoch == last:
             outcome.kept_past_data.append(number)

@@ -91,6 +91,7 @@ class PrunerSpec:
     reference: str = "median"  # paired: the completed trial compared with, median | best
     alpha: float = 0.001  # paired: prune only below this p (and the reference above chance)
     slack: float = 1.0  # paired: judge against the reference at 1/slack of the trial's steps
+    best_so_far: bool = False  # paired: judge each trial at its best epoch so far, not its latest
     min_resource: int = 1  # successive_halving / hyperband: epochs of the first rung
     reduction_factor: int = 3  # successive_halving / hyperband
 

@@ -31,6 +31,7 @@ def make_pruner(
             reference=spec.reference,
             alpha=spec.alpha,
             slack=spec.slack,
+            best_so_far=spec.best_so_far,
             startup_trials=spec.startup_trials,
             warmup_epochs=spec.warmup_epochs,
         )

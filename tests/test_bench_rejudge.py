@@ -128,3 +128,4 @@ def test_parse_rule_reads_settings_and_refuses_others() -> None:
     assert parse_rule("metric=loss,alpha=0.05") == {"metric": "loss", "alpha": 0.05}
     with pytest.raises(SystemExit, match="expected key=value"):
         parse_rule("patience=3")
+    assert parse_rule("alpha=0.01,best_so_far=true") == {"alpha": 0.01, "best_so_far": True}

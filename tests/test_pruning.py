@@ -344,3 +344,33 @@ def test_hyperband_budget_follows_the_epochs_the_trials_run(tmp_path):
         max_epochs=9,
     )
     assert study.pruner._max_resource == 9  # --epochs 9, not the definition's 40
+
+
+def _dipper(study: optuna.Study, rights: list[int]) -> optuna.Trial:
+    """A running trial with rights[e - 1] of 200 clips right at epochs 1..len(rights)."""
+    trial = study.ask()
+    trial.set_user_attr(STEPS_KEY, 100)
+    trial.set_user_attr(CLASSES_KEY, CLASSES)
+    for epoch, right in enumerate(rights, start=1):
+        for key, value in outcome_attrs(epoch, _hits(right, 6), np.zeros(CLIPS, "f4")).items():
+            trial.set_user_attr(key, value)
+        trial.report(right / CLIPS, epoch)
+    return trial
+
+
+def test_best_so_far_judges_a_trial_that_dips_on_what_it_already_has():
+    # The references reach 120 and 160 of 200 at epochs 3 and 4; this trial had 158 at
+    # epoch 3 and dips to 100 at 4.
+    latest, best = _pruner(), _pruner(best_so_far=True)
+    dip = [40, 80, 158, 100]
+    assert _dipper(_curve_study(latest, steps_per_epoch=100), dip).should_prune()
+    kept = _dipper(_curve_study(best, steps_per_epoch=100), dip)
+    assert not kept.should_prune()
+    verdict = best.last_verdict(kept.number)
+    assert (verdict.epoch, verdict.judged_epoch, verdict.value) == (4, 3, 158 / CLIPS)
+    # A trial whose best is far behind too is still pruned, and the reason says which epoch.
+    behind = _dipper(_curve_study(best, steps_per_epoch=100), [30, 60, 90, 80])
+    assert behind.should_prune()
+    reason = best.last_verdict(behind.number).reason()
+    assert reason["judged_epoch"] == 3 and "its best epoch so far, 3" in reason["text"]
+    assert make_pruner(PrunerSpec(kind="paired", best_so_far=True), True).best_so_far
