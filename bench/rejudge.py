@@ -178,8 +178,8 @@ def figures(outcome: Outcome, unpruned: Unpruned) -> dict[str, Any]:
     completed = [final[n] for n in outcome.completed + outcome.kept_past_data]
     bar = statistics.median([v for v in completed if v is not None])
     pruned_finals = [final[n] for n in outcome.pruned]
-    known = [(v, n) for n, v in final.items() if v is not None]
-    best = max(known)[1] if known else None
+    known = [v for v in final.values() if v is not None]
+    best = [n for n, v in final.items() if known and v == max(known)]  # ties: any of them
     spent = sum(outcome.pruned.get(n, 0) or e for n, e in unpruned.epochs.items())
     without = sum(unpruned.epochs.values())
     return {
@@ -189,8 +189,8 @@ def figures(outcome: Outcome, unpruned: Unpruned) -> dict[str, Any]:
         "false": sum(v is not None and v > bar for v in pruned_finals),
         "unknown": sum(v is None for v in pruned_finals),
         "median_completed": bar,
-        "best_trial": best,
-        "best_kept": best not in outcome.pruned,
+        "best_trials": best,
+        "best_kept": any(n not in outcome.pruned for n in best),
         "kept_past_data": outcome.kept_past_data,
         "epochs": round(spent, 1),
         "epochs_without_pruning": round(without, 1),

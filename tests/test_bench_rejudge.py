@@ -77,7 +77,7 @@ def test_a_stricter_rule_keeps_trials_past_their_data_and_counts_the_audit() -> 
 
     assert strict["pruned"] == 0 and strict["kept_past_data"] == pruned
     assert strict["share"] == 1.0  # nothing pruned: the same epochs as without pruning
-    assert strict["best_trial"] == pruned[0]  # the audit's 0.99 is the best final
+    assert strict["best_trials"] == [pruned[0]]  # the audit's 0.99 is the best final
     assert same["false"] == 1 and same["unknown"] == len(pruned) - 1
     assert not same["best_kept"]
     ran = sum(len(t.intermediate_values) for t in trials)

@@ -76,11 +76,11 @@ def test_bench_refuses_fewer_than_one_worker_before_any_work(tmp_path):
 
 def test_set_changes_the_study_arms_definition_and_refuses_unknown_keys(tmp_path):
     path = definition_for(
-        "default", False, tmp_path, ("pruner.startup_trials=2", "pruner.alpha=0.01")
+        "default", False, tmp_path, ("pruner.startup_trials=3", "pruner.alpha=0.01")
     )
 
     pruner = yaml.safe_load(path.read_text())["pruner"]
-    assert (pruner["startup_trials"], pruner["alpha"], pruner["kind"]) == (2, 0.01, "paired")
-    assert load_definition(path).pruner.startup_trials == 2
+    assert (pruner["startup_trials"], pruner["alpha"], pruner["kind"]) == (3, 0.01, "paired")
+    assert load_definition(path).pruner.startup_trials == 3
     with pytest.raises(SystemExit, match=r"pruner\.patience is not a key"):
         definition_for("default", False, tmp_path, ("pruner.patience=3",))
