@@ -216,9 +216,8 @@ class PairedPruner(optuna.pruners.BasePruner):
             at = matched_epoch(trial, t, epoch, self.slack)
             if at < 1:
                 continue
-            if (
-                self.best_so_far and at in t.intermediate_values
-            ):  # one that stopped earlier stays out
+            # A reference that stopped before `at` has no outcome there and stays out.
+            if self.best_so_far and at in t.intermediate_values:
                 at = best_epoch_so_far(t, at)
             theirs = _outcome(t, at, self.metric)
             correct = theirs if self.metric == "top1" else read_correct(t.user_attrs, at)
