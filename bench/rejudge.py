@@ -117,7 +117,7 @@ def rejudge(trials: list[FrozenTrial], pruner: PairedPruner, rule: str) -> Outco
         for t in trials
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.intermediate_values
     ]
-    events = []  # (time, kind, trial): kind 0 = an epoch report, 1 = completion
+    events = []  # (time, kind, trial number, epoch): kind 0 = an epoch report, 1 = completion
     for t in finished:
         for when, epoch in epoch_times(t):
             events.append((when, 0, t.number, epoch))
@@ -137,9 +137,8 @@ def rejudge(trials: list[FrozenTrial], pruner: PairedPruner, rule: str) -> Outco
         last = max(trial.intermediate_values)
         if trial.state == TrialState.COMPLETE and epoch == last:
             continue  # a trial's last epoch is not judged: it ends there anyway
-        if pruner.prune(
-            study, _AtEpoch(number, trial.user_attrs, epoch, trial.intermediate_values)
-        ):  # type: ignore[arg-type]
+        at_epoch = _AtEpoch(number, trial.user_attrs, epoch, trial.intermediate_values)
+        if pruner.prune(study, at_epoch):  # type: ignore[arg-type]
             outcome.pruned[number] = epoch
         elif trial.state == TrialState.PRUNED and epoch == last:
             outcome.kept_past_data.append(number)
@@ -156,15 +155,17 @@ class Unpruned:
     @classmethod
     def of(cls, trials: list[FrozenTrial], audit: dict[str, Any] | None) -> Unpruned:
         reruns = {r["trial_number"]: r for r in (audit or {}).get("reruns", [])}
-        ran = {t.number: len(t.intermediate_values) for t in trials if t.intermediate_values}
-        fallback = statistics.fmean([r["epochs"] for r in reruns.values()] or ran.values())
+        # Failed or unfinished trials are not replayed, so they count on neither side.
+        ended = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        complete = [len(t.intermediate_values) for t in ended if t.state == TrialState.COMPLETE]
+        fallback = statistics.fmean([r["epochs"] for r in reruns.values()] or complete or [0])
         final: dict[int, float | None] = {}
         epochs: dict[int, float] = {}
-        for t in trials:
-            if t.number not in ran:
+        for t in ended:
+            if not t.intermediate_values:
                 continue
             if t.state == TrialState.COMPLETE:
-                final[t.number], epochs[t.number] = t.value, ran[t.number]
+                final[t.number], epochs[t.number] = t.value, len(t.intermediate_values)
             else:
                 rerun = reruns.get(t.number, {})
                 final[t.number] = rerun.get("final_value")

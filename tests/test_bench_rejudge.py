@@ -129,3 +129,12 @@ def test_parse_rule_reads_settings_and_refuses_others() -> None:
     with pytest.raises(SystemExit, match="expected key=value"):
         parse_rule("patience=3")
     assert parse_rule("alpha=0.01,best_so_far=true") == {"alpha": 0.01, "best_so_far": True}
+
+
+def test_failed_trials_count_on_neither_side_of_the_epochs() -> None:
+    trials = _study(_pruner(0.01)).get_trials()
+    failed = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.FAIL, intermediate_values={1: 0.1, 2: 0.1}
+    )
+    with_failed = Unpruned.of([*trials, failed], None)
+    assert with_failed == Unpruned.of(trials, None)
