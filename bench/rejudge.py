@@ -55,6 +55,7 @@ DEFAULT_RULES = (
 )
 FLOATS = ("alpha", "slack")
 KEYS = ("alpha", "metric", "reference", "slack", "best_so_far")
+BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,9 @@ def parse_rule(text: str) -> dict[str, Any]:
         if not sep or key not in KEYS:
             raise SystemExit(f"rule {text!r}: expected key=value with one of {', '.join(KEYS)}")
         if key == "best_so_far":
-            settings[key] = value.lower() in ("1", "true", "yes")
+            if value.lower() not in BOOLEANS:
+                raise SystemExit(f"rule {text!r}: best_so_far is one of {', '.join(BOOLEANS)}")
+            settings[key] = BOOLEANS[value.lower()]
         else:
             settings[key] = float(value) if key in FLOATS else value
     return settings

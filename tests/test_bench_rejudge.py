@@ -129,6 +129,9 @@ def test_parse_rule_reads_settings_and_refuses_others() -> None:
     with pytest.raises(SystemExit, match="expected key=value"):
         parse_rule("patience=3")
     assert parse_rule("alpha=0.01,best_so_far=true") == {"alpha": 0.01, "best_so_far": True}
+    assert parse_rule("best_so_far=0") == {"best_so_far": False}
+    with pytest.raises(SystemExit, match="best_so_far is one of"):
+        parse_rule("best_so_far=on")
 
 
 def test_failed_trials_count_on_neither_side_of_the_epochs() -> None:
